@@ -1,0 +1,5 @@
+import sys
+
+from paper_unet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+# Shared by tests/run.sh and reproduction/run_isbi.sh: create or reuse a virtual environment with
+# the package and its pinned dependencies. Re-installs only when pyproject.toml changes.
+# PAPER_UNET_VENV overrides the location (default: .venv in the repository).
+VENV="${PAPER_UNET_VENV:-$PWD/.venv}"
+
+ensure_venv() {
+  local extra="${1:-}" python="${PYTHON:-python3}" spec="." stamp
+  [ -n "$extra" ] && spec=".[$extra]"
+  stamp="$VENV/.paper_unet-$(sha256sum pyproject.toml | cut -c1-16)-${extra:-base}"
+  if [ -f "$stamp" ]; then return 0; fi
+  if ! command -v "$python" >/dev/null; then
+    echo "error: $python not found; install Python >= 3.10 or set PYTHON=/path/to/python" >&2
+    return 1
+  fi
+  [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
+  echo "Setting up $VENV (pinned dependencies from pyproject.toml) ..." >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  "$VENV/bin/python" -c "import paper_unet, torch" \
+    || { echo "error: installing into $VENV failed (see pip output above)" >&2; return 1; }
+  rm -f "$VENV"/.paper_unet-*
+  touch "$stamp"
+}

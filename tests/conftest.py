@@ -1,0 +1,23 @@
+"""Shared fixtures: the real ISBI 2012 stacks live in ../shared/data/isbi2012 (never in git)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PAPER_UNET_SHARED", REPO.parent / "shared"))
+ISBI_DIR = SHARED / "data" / "isbi2012"
+METRICS_REFERENCE_DIR = SHARED / "metrics_reference"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def isbi_dir() -> Path:
+    if not (ISBI_DIR / "train-labels.tif").is_file():
+        pytest.skip(f"ISBI 2012 stacks not found in {ISBI_DIR} (set PAPER_UNET_SHARED)")
+    return ISBI_DIR
