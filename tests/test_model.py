@@ -175,3 +175,10 @@ def test_golden_output_of_a_seeded_tiny_unet():
           [1.165328, -0.275955, 0.568097, 0.122444], [0.442386, 0.084059, 0.204766, 0.335774]]])
     np.testing.assert_allclose(out[:, ::5, ::5], expected, atol=2e-5)
     assert out.sum() == pytest.approx(-596.082, abs=2e-2)
+
+
+def test_forward_flops_by_hand_and_at_paper_scale():
+    # depth 1, 1 channel, 10x10: conv 8x8x9 MACs + conv 6x6x9 + 1x1 head 6x6x2 -> 2 * 972 FLOPs
+    assert UNet(base_channels=1, depth=1).forward_flops(10) == 2 * (64 * 9 + 36 * 9 + 36 * 2)
+    # one training step (forward + backward ~ 3x forward) at 572: about 902 GFLOP
+    assert 3 * UNet().forward_flops(572) == pytest.approx(902.6e9, rel=1e-3)
