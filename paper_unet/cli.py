@@ -3,9 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from paper_unet import __version__
+
+# Paper Table 1, row 1 (u-net, ISBI 2012 leaderboard of 6 March 2015).
+PAPER_UNET = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
+METRIC_NAMES = {"warping_error": "warping error", "rand_error": "Rand error",
+                "pixel_error": "pixel error", "vrand_thinned": "V_rand (thinned)",
+                "vinfo_thinned": "V_info (thinned)"}
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from paper_unet import metrics
+    from paper_unet.data import read_stack
+
+    proposal = read_stack(args.proposal, "proposal")
+    labels = read_stack(args.labels, "labels")
+    if args.membrane:
+        proposal = 1.0 - proposal.astype(np.float32)
+    result = metrics.evaluate(proposal, labels).as_dict()
+    print(f"{'metric':<18} {'value':>12}   paper u-net (Table 1)")
+    for key, name in METRIC_NAMES.items():
+        paper = f"{PAPER_UNET[key]:.6g}" if key in PAPER_UNET else "-"
+        better = "higher" if key.startswith("v") else "lower"
+        print(f"{name:<18} {result[key]:>12.6g}   {paper:<10} ({better} is better)")
+    if args.per_threshold:
+        print("\nper threshold (P > t):")
+        print(f"{'t':>6} {'pixel F':>10} {'Rand F':>10} {'warping':>10} {'V_rand':>10} {'V_info':>10}")
+        for i, t in enumerate(metrics.THRESHOLDS):
+            warping = result["warping_error_per_threshold"]
+            row = [result["pixel_fscore_per_threshold"][i], result["rand_fscore_per_threshold"][i],
+                   warping[i] if i < len(warping) else float("nan"),  # T10 has no t = 1.0
+                   result["vrand_thinned_per_threshold"][i], result["vinfo_thinned_per_threshold"][i]]
+            print(f"{t:>6.1f} " + " ".join(f"{v:>10.6f}" for v in row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Faithful reproduction of U-Net (Ronneberger et al., MICCAI 2015) on ISBI 2012.",
     )
     parser.add_argument("--version", action="version", version=f"paper_unet {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a proposal with the ISBI 2012 challenge metrics",
+        description="Score a probability map against binary labels with the challenge's five "
+                    "metrics (warping, Rand and pixel error; V_rand and V_info after thinning), "
+                    "each the best over the evaluator's threshold grid.")
+    evaluate.add_argument("--proposal", required=True, metavar="P.tif",
+                          help="float TIFF stack in [0, 1], 1 = cell (the submission format)")
+    evaluate.add_argument("--labels", required=True, metavar="L.tif",
+                          help="binary label stack, 0 = membrane, > 0 = cell")
+    evaluate.add_argument("--membrane", action="store_true",
+                          help="the proposal holds P(membrane): use 1 - P")
+    evaluate.add_argument("--per-threshold", action="store_true",
+                          help="also print the value at every threshold")
+    evaluate.add_argument("--json", metavar="OUT.json", help="write all values to a JSON file")
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 
@@ -24,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError, RuntimeError) as error:
+        print(f"paper-unet {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
