@@ -1,0 +1,75 @@
+"""Training samples: one large tile per step, as in the paper (Sec. 3).
+
+    "To minimize the overhead and make maximum use of the GPU memory, we favor large input tiles
+    over a large batch size and hence reduce the batch to a single image."
+
+`TileSampler` yields (572x572 input tile with mirrored context, 388x388 labels, 388x388 weights)
+drawn from the training slices through the augmentation of `paper_unet.augment`; the output size
+follows the network (`tiling.output_size`). Weight maps (Eq. 2) are computed once per slice with
+class weights estimated over all training slices, and warped with the image. Sample ``i`` comes
+from its own generator seeded by (seed, stream, i): deterministic, and the same whichever worker
+or process draws it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from paper_unet.augment import AugmentConfig, augment, draw_params
+from paper_unet.tiling import check_input_size, output_size
+from paper_unet.weights import estimate_class_weights, weight_map
+
+__all__ = ["TileSampler", "sample_seed"]
+
+
+def sample_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit seed for sample ``index`` of ``stream`` (e.g. a data-parallel rank)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class TileSampler(Dataset):
+    """Map-style dataset of augmented training tiles (index -> sample, reproducible).
+
+    Args:
+        images, labels: uint8 stacks (N, H, W); labels 0 = membrane, > 0 = cell.
+        tile: input tile edge (a valid input size, 572 in the paper).
+        depth: network depth, for the output size (388 for 572 at depth 5).
+        length: number of samples (training iterations x batch size).
+        seed, stream: seed of the whole sequence, and a stream id (the rank under DDP).
+        augment_config: `AugmentConfig`; None disables augmentation (centred, unwarped tiles).
+        w0, sigma: Eq. 2 parameters.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, tile: int = 572, depth: int = 5,
+                 length: int = 1000, seed: int = 0, stream: int = 0,
+                 augment_config: AugmentConfig | None = AugmentConfig(),
+                 w0: float = 10.0, sigma: float = 5.0) -> None:
+        if images.shape != labels.shape or images.ndim != 3:
+            raise ValueError(f"images {images.shape} and labels {labels.shape} must be equal (N, H, W)")
+        self.tile = check_input_size(tile, depth)
+        self.out_tile = output_size(tile, depth)
+        self.length, self.seed, self.stream = int(length), int(seed), int(stream)
+        self.config = augment_config
+        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)
+        self.labels = torch.from_numpy((labels > 0).astype(np.float32))
+        self.class_weights = estimate_class_weights(labels > 0)
+        self.weights = torch.from_numpy(np.stack(
+            [weight_map(label, w0, sigma, self.class_weights) for label in labels]))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, index, self.stream))
+        z = int(torch.randint(len(self.images), (1,), generator=generator))
+        shape = tuple(self.images.shape[-2:])
+        config = self.config or AugmentConfig(rotate=False, flip=False, shift=False, elastic_std=0.0,
+                                              gamma=(1, 1), contrast=(1, 1), brightness=(0, 0))
+        params = draw_params(config, shape, generator)
+        image, label, weight = augment(self.images[z], self.labels[z], self.weights[z], params,
+                                       self.tile, self.out_tile)
+        return image[None], label.round().long(), weight
