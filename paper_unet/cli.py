@@ -16,6 +16,17 @@ METRIC_NAMES = {"warping_error": "warping error", "rand_error": "Rand error",
                 "vinfo_thinned": "V_info (thinned)"}
 
 
+def _download(args: argparse.Namespace) -> int:
+    from paper_unet.data import OFFICIAL_URL, download_isbi2012, resolve_data_dir
+
+    isbi = download_isbi2012(args.data_dir, url=args.url or OFFICIAL_URL, archive=args.archive,
+                             progress=not args.quiet)
+    labels = "with" if isbi.test_labels is not None else "without"
+    print(f"{resolve_data_dir(args.data_dir)}: train {isbi.train_images.shape}, test "
+          f"{isbi.test_images.shape}, {labels} test labels")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -55,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"paper_unet {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    download = commands.add_parser(
+        "download", help="fetch and verify the ISBI 2012 data",
+        description="Download the official ISBI 2012 archive, resume or retry on failure, verify "
+                    "every stack (shape, dtype, binary labels, SHA-256 of the pixels) and unpack it. "
+                    "Prints the data's terms of use and the citations it requires.")
+    download.add_argument("--data-dir", help="destination (default: $PAPER_UNET_DATA, else "
+                                             "~/.cache/paper_unet/isbi2012)")
+    download.add_argument("--url", help="archive URL (default: the official imagej.net address)")
+    download.add_argument("--archive", help="use an already downloaded ISBI-2012-challenge.zip")
+    download.add_argument("--quiet", action="store_true", help="no progress bar")
+    download.set_defaults(func=_download)
+
     evaluate = commands.add_parser(
         "evaluate", help="score a proposal with the ISBI 2012 challenge metrics",
         description="Score a probability map against binary labels with the challenge's five "
@@ -81,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError, RuntimeError) as error:
+    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError, RuntimeError,
+            ConnectionError) as error:
         print(f"paper-unet {args.command}: error: {error}", file=sys.stderr)
         return 2
 

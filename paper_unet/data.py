@@ -10,6 +10,7 @@ Terms of use and citations are printed by `download_isbi2012` (see `TERMS`).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -177,7 +178,8 @@ def _fetch(url: str, target: Path, retries: int, timeout: float, progress: bool)
             elif error.code < 500:
                 raise ConnectionError(f"download of {url} failed: HTTP {error.code} {error.reason}") from error
             last = error
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
+                OSError) as error:
             last = error
         if attempt < retries:
             time.sleep(min(2.0 ** attempt, 10.0) * 0.1)

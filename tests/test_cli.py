@@ -69,3 +69,17 @@ def test_evaluate_truncated_tiff(tmp_path, capsys):
     code = main(["evaluate", "--proposal", str(cut), "--labels", str(METRICS_REFERENCE_DIR / "d2_gt.tif")])
     assert code == 2
     assert "truncated" in capsys.readouterr().err
+
+
+def test_download_command_reports_present_data(isbi_dir, tmp_path, capsys):
+    import shutil
+    for name in ("train-volume.tif", "train-labels.tif", "test-volume.tif"):
+        shutil.copy(isbi_dir / name, tmp_path / name)
+    assert main(["download", "--data-dir", str(tmp_path), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "without test labels" in captured.out and "already present" in captured.err
+
+
+def test_download_command_unreachable_url_fails_clearly(tmp_path, capsys):
+    code = main(["download", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.zip", "--quiet"])
+    assert code == 2 and "failed after 3 attempts" in capsys.readouterr().err

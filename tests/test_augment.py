@@ -1,0 +1,117 @@
+"""Augmentation of paper Sec. 3.1 and the tile sampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from paper_unet.augment import (AugmentConfig, augment, displacement_field, draw_params,
+                                identity_params, resample, sampling_grid)
+from paper_unet.sampler import TileSampler
+
+
+def smooth_image(h=60, w=70):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return torch.from_numpy((0.5 + 0.4 * np.sin(yy / 4.0) * np.cos(xx / 6.0)).astype(np.float32))
+
+
+def test_identity_gives_the_input_back():
+    image = smooth_image()
+    label = (image > 0.5).float()
+    params = identity_params(center=(29.5, 34.5))
+    grid = sampling_grid(params, 60, (60, 70))
+    # a 60x60 tile centred on the 60x70 slice: columns 5..64 (equal up to float rounding of the grid)
+    np.testing.assert_allclose(resample(image, grid, "bicubic"), image[:, 5:65], atol=1e-5)
+    assert torch.equal(resample(label, grid, "nearest"), label[:, 5:65])
+    np.testing.assert_allclose(resample(image, grid, "bilinear"), image[:, 5:65], atol=1e-5)
+
+
+def test_a_pure_shift_moves_the_image_by_that_shift():
+    image = smooth_image(80, 80)
+    a = resample(image, sampling_grid(identity_params((30.0, 30.0)), 20, (80, 80)), "bicubic")
+    b = resample(image, sampling_grid(identity_params((37.0, 25.0)), 20, (80, 80)), "bicubic")
+    np.testing.assert_allclose(b[:-7, 5:], a[7:, :-5], atol=1e-5)
+
+
+def test_mirror_outside_the_slice():
+    image = smooth_image(20, 20)
+    params = identity_params((9.5, -0.5 - 5))  # tile reaching 15 px left of the slice
+    out = resample(image, sampling_grid(params, 20, (20, 20)), "nearest")
+    reflected = np.pad(image.numpy(), ((0, 0), (15, 0)), mode="reflect")[:, :20]
+    np.testing.assert_allclose(out, reflected, atol=1e-6)
+
+
+def test_rotation_by_90_degrees_rotates_the_tile():
+    image = smooth_image(40, 40)
+    params = identity_params((19.5, 19.5))
+    params.angle = math.pi / 2
+    out = resample(image, sampling_grid(params, 40, (40, 40)), "nearest")
+    torch.testing.assert_close(out, torch.rot90(image, 1, (0, 1)), atol=1e-6, rtol=0)
+
+
+def test_labels_stay_binary_and_weights_interpolate():
+    gen = torch.Generator().manual_seed(0)
+    image = smooth_image(100, 100)
+    label = (image > 0.5).float()
+    for _ in range(5):
+        params = draw_params(AugmentConfig(), (100, 100), gen)
+        _, lab, wt = augment(image, label, label * 3 + 1, params, 60, 40)
+        assert set(torch.unique(lab).tolist()) <= {0.0, 1.0}
+        assert wt.min() >= 1 - 1e-5 and wt.max() <= 4 + 1e-5
+
+
+def test_elastic_grid_displacement_std_is_10_px():
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw_params(AugmentConfig(), (512, 512), gen).displacement for _ in range(2000)])
+    assert draws.shape[-2:] == (3, 3)
+    assert draws.std().item() == pytest.approx(10.0, rel=0.03)
+    assert abs(draws.mean().item()) < 0.2
+
+
+def test_displacement_field_passes_through_the_grid_nodes_at_the_tile_corners():
+    nodes = torch.randn(2, 3, 3) * 10
+    field = displacement_field(nodes, 101)
+    torch.testing.assert_close(field[:, ::50, ::50], nodes, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_sample_and_different_indices_differ(isbi_dir):
+    import tifffile
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:3, :200, :200]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3, :200, :200]
+    a = TileSampler(images, labels, tile=188, length=10, seed=5)
+    b = TileSampler(images, labels, tile=188, length=10, seed=5)
+    for i in (0, 7):
+        for x, y in zip(a[i], b[i]):
+            assert torch.equal(x, y)
+    assert not torch.equal(a[0][0], a[1][0])
+    assert not torch.equal(a[0][0], TileSampler(images, labels, tile=188, length=10, seed=6)[0][0])
+    assert not torch.equal(a[0][0], TileSampler(images, labels, tile=188, length=10, seed=5, stream=1)[0][0])
+
+
+def test_sampler_shapes_follow_the_network(isbi_dir):
+    import tifffile
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:2]
+    sampler = TileSampler(images, labels, length=2)
+    image, label, weight = sampler[0]
+    assert image.shape == (1, 572, 572) and label.shape == (388, 388) and weight.shape == (388, 388)
+    assert label.dtype == torch.int64 and set(label.unique().tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="nearest valid"):
+        TileSampler(images, labels, tile=570, length=1)
+    with pytest.raises(IndexError):
+        sampler[2]
+
+
+def test_sampler_works_in_dataloader_workers(isbi_dir):
+    import tifffile
+    from torch.utils.data import DataLoader
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:2, :200, :200]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:2, :200, :200]
+    sampler = TileSampler(images, labels, tile=188, length=4, seed=1)
+    batches = list(DataLoader(sampler, batch_size=1, num_workers=2))
+    for i, (image, _, _) in enumerate(batches):
+        # workers run single-threaded, which changes vectorisation and so the last bit of a few values
+        torch.testing.assert_close(image[0], sampler[i][0], atol=1e-6, rtol=0)
