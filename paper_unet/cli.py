@@ -16,6 +16,78 @@ METRIC_NAMES = {"warping_error": "warping error", "rand_error": "Rand error",
                 "vinfo_thinned": "V_info (thinned)"}
 
 
+def _load_config(args: argparse.Namespace):
+    from paper_unet.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "device", None):
+        overrides.append(f'run.device="{args.device}"')
+    return load_config(args.profile, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from paper_unet.data import cv_folds, load_isbi2012
+    from paper_unet.train import train
+
+    config = _load_config(args)
+    isbi = load_isbi2012(args.data_dir)
+    images, labels, val_images, val_labels = isbi.train_images, isbi.train_labels, None, None
+    if args.fold is not None:
+        train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
+        images, labels = isbi.train_images[train_idx], isbi.train_labels[train_idx]
+        val_images, val_labels = isbi.train_images[val_idx], isbi.train_labels[val_idx]
+    result = train(config, images, labels, args.out, val_images=val_images, val_labels=val_labels,
+                   resume=args.resume, progress=not args.quiet)
+    print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; last loss "
+          f"{result.last_loss:.4f}; checkpoints in {result.out_dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from paper_unet.data import read_stack
+    from paper_unet.tiling import predict_stack
+    from paper_unet.train import model_from_checkpoint, resolve_device
+
+    device = resolve_device(args.device or "auto")
+    model, config = model_from_checkpoint(args.checkpoint, device)
+    images = read_stack(args.input, "input")
+    tta = config.run.tta if args.tta is None else args.tta
+    probabilities = predict_stack(model, images, tile_size=args.tile_size, tta=tta, device=device,
+                                  progress=not args.quiet)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(args.output, probabilities, photometric="minisblack")
+    print(f"wrote {args.output}: float32 {probabilities.shape}, P(cell) (1 = cell), TTA {'on' if tta else 'off'}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from paper_unet.data import load_isbi2012, resolve_data_dir
+    from paper_unet.report import write_report
+    from paper_unet.reproduce import run_reproduction
+
+    config = _load_config(args)
+    out = Path(args.out or f"runs/isbi2012_{config.name}")
+    results = Path(args.results or f"results/isbi2012_{config.name}")
+    isbi = load_isbi2012(args.data_dir)
+    summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
+                               command=args.command_line)
+    readme = write_report(out, results, resolve_data_dir(args.data_dir), args.lr_search)
+    folds = summary["folds"]
+    print(f"done: {len(folds)} folds, submission {summary['submission']}; report {readme}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from paper_unet.data import resolve_data_dir
+    from paper_unet.report import write_report
+
+    readme = write_report(args.run, args.results, resolve_data_dir(args.data_dir), args.lr_search)
+    print(f"wrote {readme}")
+    return 0
+
+
 def _download(args: argparse.Namespace) -> int:
     from paper_unet.data import OFFICIAL_URL, download_isbi2012, resolve_data_dir
 
@@ -77,6 +149,60 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--archive", help="use an already downloaded ISBI-2012-challenge.zip")
     download.add_argument("--quiet", action="store_true", help="no progress bar")
     download.set_defaults(func=_download)
+
+    def add_config_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--profile", default="paper",
+                         help="config profile in reproduction/configs (paper, cpu, smoke) or a TOML file")
+        sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                         help="override one config value, e.g. --set optim.lr=3e-4 (repeatable)")
+        sub.add_argument("--data-dir", help="ISBI 2012 stacks (default: $PAPER_UNET_DATA, else the cache)")
+        sub.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the profile's")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    train = commands.add_parser(
+        "train", help="train a U-Net on the ISBI 2012 training slices",
+        description="Train with SGD (momentum 0.99, one tile per step) and the weighted loss. "
+                    "Checkpoints every run.checkpoint_every iterations; --resume continues a killed run.")
+    add_config_options(train)
+    train.add_argument("--out", required=True, help="run directory (logs, config.json, last.pt, best.pt)")
+    train.add_argument("--fold", type=int, help="hold out this cross-validation block for validation "
+                                                "(default: train on all 30 slices, no validation)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.set_defaults(func=_train)
+
+    predict = commands.add_parser(
+        "predict", help="predict a stack with overlap-tile inference (submission format)",
+        description="Write P(cell) as a float32 TIFF stack in [0, 1], 1 = cell: the challenge's "
+                    "submission format.")
+    predict.add_argument("--checkpoint", required=True, help="a paper_unet checkpoint (last.pt or best.pt)")
+    predict.add_argument("--input", required=True, help="image stack, e.g. test-volume.tif")
+    predict.add_argument("--output", required=True, help="output TIFF")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="average the 8 dihedral transforms (default: the checkpoint config's)")
+    predict.add_argument("--tile-size", type=int, help="input tile edge, a valid size such as 572 "
+                                                       "(default: one tile per slice)")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    predict.add_argument("--quiet", action="store_true")
+    predict.set_defaults(func=_predict)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="the whole ISBI 2012 experiment (what run_isbi.sh runs)",
+        description="3-fold cross-validation, final model on all 30 slices, test-volume submission, "
+                    "scores with the challenge metrics, and results/. Resumes an interrupted run.")
+    add_config_options(reproduce)
+    reproduce.add_argument("--out", help="run directory (default runs/isbi2012_PROFILE)")
+    reproduce.add_argument("--results", help="results directory (default results/isbi2012_PROFILE)")
+    reproduce.add_argument("--lr-search", help="run directory of reproduction/tune_lr.py to report")
+    reproduce.add_argument("--restart", action="store_true", help="ignore finished stages and checkpoints")
+    reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
+    reproduce.set_defaults(func=_reproduce)
+
+    report = commands.add_parser("report", help="write results/ from a reproduction run directory")
+    report.add_argument("--run", required=True, help="run directory of `paper-unet reproduce`")
+    report.add_argument("--results", required=True, help="output directory")
+    report.add_argument("--data-dir", help="ISBI 2012 stacks, for the prediction figure")
+    report.add_argument("--lr-search", help="run directory of reproduction/tune_lr.py")
+    report.set_defaults(func=_report)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a proposal with the ISBI 2012 challenge metrics",

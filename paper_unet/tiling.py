@@ -19,6 +19,7 @@ probabilities as that single pass (up to float rounding), which the tests check.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "tile_starts",
     "dihedral_transforms",
     "predict",
+    "predict_stack",
 ]
 
 
@@ -256,3 +258,26 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
             return torch.softmax(mean_logits, dim=0).numpy().astype(np.float32)
     finally:
         model.train(was_training)
+
+
+def predict_stack(model: torch.nn.Module, images: np.ndarray, *, tile_size: int | None = None,
+                  tta: bool = False, batch_size: int = 4, device: torch.device | str | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """P(cell) (class 1) for every slice of a uint8 (Z, H, W) or float [0, 1] stack: float32 (Z, H, W).
+
+    This is the challenge's submission format (1 = cell, 0 = membrane).
+    """
+    from tqdm import tqdm
+
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"expected an image stack (Z, H, W), got shape {images.shape}")
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    out = np.empty(images.shape, dtype=np.float32)
+    for z in tqdm(range(len(images)), desc="predict", disable=not progress, file=sys.stderr):
+        image = images[z].astype(np.float32) / scale
+        out[z] = predict(model, image, tile_size=tile_size, tta=tta, batch_size=batch_size,
+                         device=device)[1]
+    return out

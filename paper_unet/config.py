@@ -1,0 +1,166 @@
+"""Typed configuration with the paper's constants as defaults, and named profiles.
+
+Profiles live in reproduction/configs/*.toml (``paper``, ``cpu``, ``smoke``). A profile only
+overrides what differs from the defaults below; unknown sections or keys are rejected with the
+list of valid ones, so a typo cannot silently fall back to a default. The resolved configuration
+is saved with every run (config.json) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "load_config",
+           "config_from_dict", "PROFILE_DIR", "profiles"]
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "reproduction" / "configs"
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = 1
+    num_classes: int = 2  # ISBI: membrane, cell
+    base_channels: int = 64  # [paper] 64 ... 1024
+    depth: int = 5  # [paper]
+    dropout: float = 0.5  # [release]
+    variant: str = "paper"
+
+
+@dataclass
+class DataConfig:
+    tile: int = 572  # [paper] input tile; output 388
+    w0: float = 10.0  # [paper] Eq. 2
+    sigma: float = 5.0  # [paper] Eq. 2
+    elastic_std: float = 10.0  # [paper] px
+    elastic_grid: int = 3  # [paper]
+    rotate: bool = True  # [ours]
+    flip: bool = True  # [ours]
+    gray_values: bool = True  # [ours] gamma / contrast / brightness
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # [ours, tuned] unpublished
+    momentum: float = 0.99  # [paper]
+    weight_decay: float = 0.0  # [ours] unpublished
+    batch_size: int = 1  # [paper] one large tile per step
+    iterations: int = 50_000  # [ours] unpublished (the paper: ~10 h on a Titan)
+    lr_decay_at: float = 0.8  # [ours] fraction of iterations after which lr *= lr_decay
+    lr_decay: float = 0.1  # [ours]
+    divergence_factor: float = 20.0  # stop when the smoothed loss exceeds this x its start
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    log_every: int = 10
+    validate_every: int = 1000
+    checkpoint_every: int = 500
+    folds: int = 3  # cross-validation over contiguous blocks of the 30 training slices
+    tta: bool = True  # [ours] 8 dihedral transforms at test time
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = False  # CUDA: bf16 autocast
+    channels_last: bool = False
+    compile: bool = False  # torch.compile
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"[{where}] must be a table of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in [{where}]; valid keys: "
+                         f"{', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, name)
+            continue
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if hint in (int, float, str, bool) and not isinstance(value, hint) or (
+                hint is int and isinstance(value, bool)):
+            raise ValueError(f"[{where}] {name} must be {hint.__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
+    config = _build(Config, values, "top level")
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    from paper_unet.tiling import check_input_size
+
+    check_input_size(config.data.tile, config.model.depth)
+    o, r = config.optim, config.run
+    if o.lr <= 0 or not 0 <= o.momentum < 1 or o.iterations < 1 or o.batch_size < 1:
+        raise ValueError("optim: lr > 0, 0 <= momentum < 1, iterations >= 1 and batch_size >= 1 are required")
+    if not 0 < o.lr_decay_at <= 1:
+        raise ValueError("optim.lr_decay_at must be in (0, 1]")
+    if min(r.log_every, r.validate_every, r.checkpoint_every) < 1:
+        raise ValueError("run: log_every, validate_every and checkpoint_every must be >= 1")
+    if r.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {r.device!r}")
+
+
+def _parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value (e.g. optim.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    return key.strip().split("."), value
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_config(profile: str | Path = "paper", overrides: list[str] | None = None) -> Config:
+    """A profile name (reproduction/configs/NAME.toml) or a TOML path, plus key=value overrides."""
+    path = Path(profile)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{profile}.toml"
+        if not path.is_file():
+            raise ValueError(f"unknown profile {profile!r}; available: {', '.join(profiles())}")
+    elif not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    with open(path, "rb") as handle:
+        values = tomllib.load(handle)
+    values.setdefault("name", path.stem)
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        target = values
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return config_from_dict(values)

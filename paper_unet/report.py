@@ -1,0 +1,234 @@
+"""results/ from a reproduction run: tables beside paper Table 1, CSVs, figures, provenance."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_report", "PAPER_TABLE1"]
+
+# Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
+PAPER_TABLE1 = [
+    ("-", "human values", 0.000005, 0.0021, 0.0010),
+    (1, "u-net (paper)", 0.000353, 0.0382, 0.0611),
+    (2, "DIVE-SCI", 0.000355, 0.0305, 0.0584),
+    (3, "IDSIA (Ciresan et al.)", 0.000420, 0.0504, 0.0613),
+    (4, "DIVE", 0.000430, 0.0545, 0.0582),
+    (10, "IDSIA-SCI", 0.000653, 0.0189, 0.1027),
+]
+METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
+PER_THRESHOLD = {"pixel_error": "pixel_fscore_per_threshold", "rand_error": "rand_fscore_per_threshold",
+                 "warping_error": "warping_error_per_threshold",
+                 "vrand_thinned": "vrand_thinned_per_threshold", "vinfo_thinned": "vinfo_thinned_per_threshold"}
+
+
+def _fmt(value: float | None, digits: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tifffile
+
+    from paper_unet.metrics import THRESHOLDS
+
+    made = []
+    figures = results / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4))
+    for name in sorted(p.name for p in run.iterdir() if p.is_dir() and (p / "train_log.csv").is_file()):
+        rows = _read_csv(run / name / "train_log.csv")
+        it = np.array([int(r["iteration"]) for r in rows])
+        loss = np.array([float(r["loss"]) for r in rows])
+        window = max(1, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax_loss.plot(it[window - 1:], smooth, label=name)
+        val = _read_csv(run / name / "val_log.csv")
+        if val:
+            ax_val.plot([int(r["iteration"]) for r in val], [float(r["rand_error"]) for r in val],
+                        marker="o", label=f"{name} Rand")
+            ax_val.plot([int(r["iteration"]) for r in val], [float(r["pixel_error"]) for r in val],
+                        marker="x", linestyle="--", label=f"{name} pixel")
+    ax_loss.set(xlabel="iteration", ylabel="weighted cross entropy (smoothed)", title="training loss")
+    ax_val.set(xlabel="iteration", ylabel="error (held-out block, no TTA)", title="validation", yscale="log")
+    ax_loss.legend()
+    ax_val.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figures / "training_curves.png", dpi=110)
+    plt.close(fig)
+    made.append("figures/training_curves.png")
+
+    folds = summary.get("folds", {})
+    if folds:
+        fig, axes = plt.subplots(1, 5, figsize=(18, 3.4))
+        for ax, metric in zip(axes, METRICS):
+            key = PER_THRESHOLD[metric]
+            for k, scores in sorted(folds.items()):
+                values = scores[key]
+                ax.plot(THRESHOLDS[: len(values)], values, marker=".", label=f"fold {k}")
+            ax.set(title=key.replace("_per_threshold", ""), xlabel="threshold t (P(cell) > t)")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(figures / "per_threshold.png", dpi=110)
+        plt.close(fig)
+        made.append("figures/per_threshold.png")
+
+    probabilities = run / "fold0" / "val_probabilities.tif"
+    if probabilities.is_file() and isbi_dir is not None and (isbi_dir / "train-volume.tif").is_file():
+        k0 = folds.get("0", {}).get("val_slices", [0])[0]
+        image = tifffile.imread(isbi_dir / "train-volume.tif", key=k0)
+        label = tifffile.imread(isbi_dir / "train-labels.tif", key=k0)
+        prob = tifffile.imread(probabilities)[0]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+        for ax, shown, title in zip(axes, (image, label, prob),
+                                    (f"training slice {k0} (held out in fold 0)", "labels (white = cell)",
+                                     "predicted P(cell), overlap-tile + TTA")):
+            ax.imshow(shown, cmap="gray")
+            ax.set_title(title)
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(figures / "prediction_fold0.png", dpi=100)
+        plt.close(fig)
+        made.append("figures/prediction_fold0.png")
+    return made
+
+
+def _lr_table(run: Path) -> str:
+    path = run / "lr_search.json"
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    lines = ["| learning rate | iterations | final train loss | val pixel error | val Rand error | status |",
+             "|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        status = row["status"] if row["status"] == "ok" else row["status"].split(":")[0]
+        lines.append(f"| {row['lr']:g} | {row['iterations']} | {_fmt(row['final_loss'], 4)} | "
+                     f"{_fmt(row['val_pixel_error'], 4)} | {_fmt(row['val_rand_error'], 4)} | {status} |")
+    p = data["provenance"]
+    lines.append(f"\nFold {data['rows'][0]['fold']} (train on the other blocks, validate on its block, "
+                 f"no TTA). Command: `{p['command']}`; commit {p['commit'][:10]}; {p['cpu']}, "
+                 f"{p['torch_threads']} threads; {p['date_utc']} UTC; "
+                 f"wall time {sum(r['seconds'] for r in data['rows']) / 60:.1f} min.")
+    return "\n".join(lines)
+
+
+def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | None = None,
+                 lr_search: str | Path | None = None) -> Path:
+    """Write results/ (README.md, CSVs, figures) from a `run_reproduction` output directory."""
+    run, results = Path(run), Path(results)
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found: run the reproduction first "
+                                f"(bash reproduction/run_isbi.sh --out {run})")
+    summary = json.loads(summary_path.read_text())
+    results.mkdir(parents=True, exist_ok=True)
+    folds = summary.get("folds", {})
+    config, prov = summary["config"], summary["provenance"]
+    cpu_run = summary.get("device", "cpu").startswith("cpu")
+
+    fold_rows = [{"fold": int(k), "val_slices": f"{s['val_slices'][0]}-{s['val_slices'][-1]}",
+                  **{m: s[m] for m in METRICS}} for k, s in sorted(folds.items())]
+    _write_csv(results / "cv_folds.csv", fold_rows)
+    per_threshold = []
+    for k, s in sorted(folds.items()):
+        for metric, key in PER_THRESHOLD.items():
+            for i, value in enumerate(s[key]):
+                per_threshold.append({"fold": int(k), "metric": key, "threshold_index": i, "value": value})
+    _write_csv(results / "per_threshold.csv", per_threshold)
+
+    mean = {m: float(np.mean([r[m] for r in fold_rows])) for m in METRICS} if fold_rows else {}
+    std = {m: float(np.std([r[m] for r in fold_rows], ddof=1)) if len(fold_rows) > 1 else math.nan
+           for m in METRICS} if fold_rows else {}
+    label = f"ours, `{config['name']}` profile" + (" (CPU run, NOT the paper setting)" if cpu_run else "")
+    cv = ["| fold | held-out slices | warping error | Rand error | pixel error | V_rand (thinned) | V_info (thinned) |",
+          "|---|---|---|---|---|---|---|"]
+    cv += [f"| {r['fold']} | {r['val_slices']} | " + " | ".join(_fmt(r[m]) for m in METRICS) + " |"
+           for r in fold_rows]
+    if fold_rows:
+        cv.append("| **mean ± std** | | " + " | ".join(f"**{mean[m]:.6f}** ± {std[m]:.6f}" for m in METRICS) + " |")
+
+    table1 = ["| rank | group | warping error | Rand error | pixel error | V_rand | V_info |",
+              "|---|---|---|---|---|---|---|"]
+    table1 += [f"| {rank} | {group} | {w:.6f} | {r:.4f} | {p:.4f} | - | - |" for rank, group, w, r, p in PAPER_TABLE1]
+    if fold_rows:
+        table1.append(f"| - | {label}: 3-fold CV on the 30 training slices | {mean['warping_error']:.6f} | "
+                      f"{mean['rand_error']:.4f} | {mean['pixel_error']:.4f} | {mean['vrand_thinned']:.4f} | "
+                      f"{mean['vinfo_thinned']:.4f} |")
+    test = summary.get("test")
+    if test:
+        table1.append(f"| - | {label}: test volume | {test['warping_error']:.6f} | {test['rand_error']:.4f} | "
+                      f"{test['pixel_error']:.4f} | {test['vrand_thinned']:.4f} | {test['vinfo_thinned']:.4f} |")
+    made = _figures(run, results, summary, Path(isbi_dir) if isbi_dir else None)
+    lr_table = _lr_table(Path(lr_search)) if lr_search else ""
+    timings = summary.get("timings_s", {})
+    total_min = sum(v for k, v in timings.items() if k != "total_this_invocation") / 60
+    m, o, d = config["model"], config["optim"], config["data"]
+    hardware = prov["gpu"] or f"{prov['cpu']} ({prov['cpu_cores']} cores, {prov['torch_threads']} torch threads), no GPU"
+    text = f"""# ISBI 2012 reproduction — `{config['name']}` profile
+
+{"**CPU run: reduced width and tile, NOT the paper setting.** " if cpu_run else ""}Generated by
+`paper-unet report` from the run directory of `paper-unet reproduce` (what `reproduction/run_isbi.sh` runs).
+
+## Provenance
+
+| | |
+|---|---|
+| command | `{prov['command']}` |
+| commit | `{prov['commit']}`{" (uncommitted changes in paper_unet/ or reproduction/)" if prov.get('dirty') else ""} |
+| hardware | {hardware} |
+| software | torch {prov['torch']}, Python {prov['python']}, {prov['platform']} |
+| date (UTC) | {prov['date_utc']} |
+| seed | {config['run']['seed']} |
+| wall time | {total_min:.1f} min in all stages ({", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")}) |
+| network | UNet base_channels {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}, variant {m['variant']} |
+| training | tile {d['tile']}, SGD lr {o['lr']:g} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
+| inference | overlap-tile, one 700x700 tile per slice, TTA {"8 dihedral transforms" if config['run']['tta'] else "off"} |
+
+## Cross-validation (3 contiguous blocks of 10 training slices; last checkpoint of each fold)
+
+{chr(10).join(cv) if fold_rows else "(no folds)"}
+
+Data: `cv_folds.csv`; every threshold of every fold: `per_threshold.csv`, `figures/per_threshold.png`.
+
+## Beside the paper's Table 1
+
+{chr(10).join(table1)}
+
+The paper's rows are the challenge's **test-set** leaderboard (6 March 2015, scored by the organisers).
+Our cross-validation rows are scored on held-out **training** slices with the same evaluator's metrics
+(`paper_unet.metrics`, bit-compatible with the challenge's evaluator): a different data split, so the
+comparison is indicative, not a leaderboard entry. {"The test volume was not scored: test-labels.tif was not available to this run." if not test else ""}
+Submission (float32 TIFF, 1 = cell): `{Path(summary.get('submission', '')).name}` in the run directory.
+"""
+    if lr_table:
+        text += f"\n## Learning-rate search\n\n{lr_table}\n"
+    text += "\n## Figures\n\n" + "\n".join(f"![{Path(f).stem}]({f})" for f in made) + "\n"
+    (results / "README.md").write_text(text)
+    (results / "summary.json").write_text(json.dumps(
+        {k: v for k, v in summary.items() if k != "folds"} | {"cv_mean": mean, "cv_std": std}, indent=2) + "\n")
+    return results / "README.md"

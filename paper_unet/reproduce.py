@@ -1,0 +1,169 @@
+"""The ISBI 2012 experiment (paper Sec. 4): cross-validation, final model, test submission.
+
+`run_reproduction` does what ``reproduction/run_isbi.sh`` promises: 3-fold cross-validation over
+contiguous blocks of 10 training slices (train, overlap-tile prediction with TTA, all five challenge
+metrics on the held-out block), a final model on all 30 slices, the test-volume submission
+(float32 TIFF, 1 = cell), its score when test labels are present, and a provenance record.
+`tune_learning_rate` is the learning-rate search whose evidence goes into results/.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from paper_unet.config import Config
+from paper_unet.data import ISBI2012, cv_folds
+
+__all__ = ["run_reproduction", "tune_learning_rate", "provenance"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def provenance(command: str | None = None) -> dict:
+    """Commit, hardware and software of this run."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "command": command or " ".join(sys.argv), "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "paper_unet", "reproduction")),
+        "cpu": cpu, "cpu_cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": gpu, "cuda": torch.version.cuda if gpu else None, "torch": str(torch.__version__),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def _evaluate_stack(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    from paper_unet import metrics
+
+    return metrics.evaluate(probabilities, labels).as_dict()
+
+
+def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[float],
+                       iterations: int, fold: int = 0, progress: bool = True) -> list[dict]:
+    """Short runs per learning rate on one fold; validation pixel and Rand error at the end."""
+    from paper_unet.config import config_from_dict
+    from paper_unet.train import TrainingDiverged, train
+
+    train_idx, val_idx = cv_folds(len(isbi.train_images), config.run.folds)[fold]
+    rows = []
+    for lr in rates:
+        values = config.to_dict()
+        values["optim"].update(lr=lr, iterations=iterations)
+        values["run"].update(validate_every=iterations, checkpoint_every=iterations)
+        trial = config_from_dict(values)
+        start = time.perf_counter()
+        row = {"lr": lr, "iterations": iterations, "fold": fold}
+        try:
+            result = train(trial, isbi.train_images[train_idx], isbi.train_labels[train_idx],
+                           out / f"lr_{lr:g}", val_images=isbi.train_images[val_idx],
+                           val_labels=isbi.train_labels[val_idx], progress=progress)
+            with open(out / f"lr_{lr:g}" / "val_log.csv") as handle:
+                last = handle.read().strip().splitlines()[-1].split(",")
+            row.update(final_loss=result.last_loss, val_pixel_error=float(last[1]),
+                       val_rand_error=float(last[2]), status="ok")
+        except TrainingDiverged as error:
+            row.update(final_loss=float("nan"), val_pixel_error=float("nan"),
+                       val_rand_error=float("nan"), status=f"diverged: {error}")
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    (out / "lr_search.json").write_text(json.dumps({"config": config.to_dict(), "rows": rows,
+                                                    "provenance": provenance()}, indent=2) + "\n")
+    return rows
+
+
+def _stage(timings: dict, name: str, start: float) -> None:
+    timings[name] = round(time.perf_counter() - start, 1)
+
+
+def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool = True,
+                     progress: bool = True, command: str | None = None) -> dict:
+    """Cross-validation, final model, test prediction and scores; returns the summary dict.
+
+    Resumable: a finished stage (its metrics file exists) is skipped, an unfinished training
+    continues from its last checkpoint. Fold scores use each fold's *last* checkpoint: choosing
+    the best checkpoint on the held-out block and then scoring that same block would flatter it.
+    """
+    from paper_unet.tiling import predict_stack
+    from paper_unet.train import model_from_checkpoint, resolve_device, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.json")
+    device = resolve_device(config.run.device)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if resume and summary_path.is_file() else {}
+    summary.update(config=config.to_dict(), provenance=provenance(command), device=str(device))
+    timings = summary.setdefault("timings_s", {})
+    folds = summary.setdefault("folds", {})
+    started = time.perf_counter()
+
+    for k, (train_idx, val_idx) in enumerate(cv_folds(len(isbi.train_images), config.run.folds)):
+        fold_dir = out / f"fold{k}"
+        if str(k) in folds and (fold_dir / "metrics.json").is_file():
+            continue
+        t0 = time.perf_counter()
+        result = train(config, isbi.train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
+                       val_images=isbi.train_images[val_idx], val_labels=isbi.train_labels[val_idx],
+                       resume=resume, progress=progress)
+        _stage(timings, f"fold{k}_train", t0)
+        t0 = time.perf_counter()
+        model, _ = model_from_checkpoint(fold_dir / "last.pt", device)
+        probabilities = predict_stack(model, isbi.train_images[val_idx], tta=config.run.tta,
+                                      device=device, progress=progress)
+        tifffile.imwrite(fold_dir / "val_probabilities.tif", probabilities, photometric="minisblack")
+        _stage(timings, f"fold{k}_predict", t0)
+        t0 = time.perf_counter()
+        scores = _evaluate_stack(probabilities, isbi.train_labels[val_idx])
+        _stage(timings, f"fold{k}_evaluate", t0)
+        scores.update(fold=k, val_slices=[int(i) for i in val_idx], iterations=result.iterations,
+                      train_seconds=round(result.seconds, 1))
+        (fold_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+        folds[str(k)] = scores
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+
+    final_dir = out / "final"
+    submission = out / "submission" / "test-volume-probabilities.tif"
+    if not submission.is_file() or not resume:
+        t0 = time.perf_counter()
+        train(config, isbi.train_images, isbi.train_labels, final_dir, resume=resume, progress=progress)
+        _stage(timings, "final_train", t0)
+        t0 = time.perf_counter()
+        model, _ = model_from_checkpoint(final_dir / "last.pt", device)
+        probabilities = predict_stack(model, isbi.test_images, tta=config.run.tta, device=device,
+                                      progress=progress)
+        submission.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(submission, probabilities, photometric="minisblack")
+        _stage(timings, "test_predict", t0)
+    summary["submission"] = str(submission)
+    if isbi.test_labels is not None:
+        t0 = time.perf_counter()
+        summary["test"] = _evaluate_stack(tifffile.imread(submission), isbi.test_labels)
+        _stage(timings, "test_evaluate", t0)
+    else:
+        summary["test"] = None
+    timings["total_this_invocation"] = round(time.perf_counter() - started, 1)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,263 @@
+"""Training (paper Sec. 3): SGD with momentum 0.99, one large tile per step, weighted loss.
+
+    "The input images and their corresponding segmentation maps are used to train the network
+    with the stochastic gradient descent implementation of Caffe. [...] we favor large input tiles
+    over a large batch size and hence reduce the batch to a single image. Accordingly we use a
+    high momentum (0.99) such that a large number of the previously seen training samples
+    determine the update in the current optimization step."
+
+Nothing is lost: checkpoints (``last.pt`` every ``checkpoint_every`` iterations, ``best.pt`` at
+the best validation Rand error) are written atomically and hold the model, the optimiser, the RNG
+state and the resolved config; ``resume=True`` continues a killed run exactly (the training
+samples are a deterministic function of the seed and the iteration). Checkpoints load with
+``torch.load(weights_only=True)``, so a downloaded checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from paper_unet import __version__
+from paper_unet.augment import AugmentConfig
+from paper_unet.config import Config, config_from_dict
+from paper_unet.loss import weighted_cross_entropy
+from paper_unet.model import UNet
+from paper_unet.sampler import TileSampler
+from paper_unet.tiling import predict_stack
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "build_model",
+           "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "validate"]
+
+LOG_FIELDS = ["iteration", "loss", "lr", "seconds"]
+VAL_FIELDS = ["iteration", "pixel_error", "rand_error", "seconds"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or grew far beyond its starting value."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iterations: int
+    last_loss: float
+    best_rand_error: float
+    seconds: float
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available: use "
+                           "--device cpu (and a CPU profile such as `cpu` or `smoke`)")
+    return torch.device(name)
+
+
+def build_model(config: Config) -> UNet:
+    m = config.model
+    return UNet(m.in_channels, m.num_classes, m.base_channels, m.depth, m.dropout, m.variant)
+
+
+def augment_config(config: Config) -> AugmentConfig:
+    d = config.data
+    fixed = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=(0.0, 0.0))
+    return AugmentConfig(elastic_grid=d.elastic_grid, elastic_std=d.elastic_std, rotate=d.rotate,
+                         flip=d.flip, **({} if d.gray_values else fixed))
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: "
+                         f"{error}); it may be truncated, or not a paper_unet checkpoint") from error
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
+    state = load_checkpoint(path, device)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a paper_unet checkpoint (no model or config)")
+    config = config_from_dict(state["config"])
+    model = build_model(config).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device,
+             tta: bool = False) -> dict:
+    """Pixel and Rand error of the model's P(cell) on held-out slices (overlap-tile inference)."""
+    from paper_unet import metrics
+
+    probabilities = predict_stack(model, images, tta=tta, device=device, progress=False)
+    return {"pixel_error": metrics.pixel_error(probabilities, labels),
+            "rand_error": metrics.rand_error(probabilities, labels)}
+
+
+class _CsvLog:
+    """Append rows to a CSV; on resume, drop rows past the checkpoint's iteration."""
+
+    def __init__(self, path: Path, fields: list[str], keep_until: int | None) -> None:
+        rows = []
+        if keep_until is not None and path.is_file():
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["iteration"]) <= keep_until]
+        self.handle = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=fields)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def learning_rate(config: Config, iteration: int) -> float:
+    o = config.optim
+    return o.lr * (o.lr_decay if iteration >= o.lr_decay_at * o.iterations else 1.0)
+
+
+def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
+          val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
+          resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          stream: int = 0) -> TrainResult:
+    """Train a UNet on (images, labels) uint8 stacks; write logs and checkpoints to ``out_dir``.
+
+    ``resume`` continues from ``out_dir/last.pt`` (it must hold the same config). ``stop_after``
+    ends the run after that iteration (as if killed right after a checkpoint there).
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.run.device)
+    o, r = config.optim, config.run
+    torch.manual_seed(r.seed)
+    model = build_model(config).to(device)
+    if r.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                                weight_decay=o.weight_decay)
+    start, best, seconds_before = 0, math.inf, 0.0
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = load_checkpoint(last, device)
+        if state["config"] != config.to_dict():
+            raise ValueError(f"{last} was written with a different configuration; resume with the "
+                             f"same profile and overrides, or use a new --out directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], device)
+        start, best, seconds_before = state["iteration"], state["best_rand_error"], state["seconds"]
+        print(f"resuming {out} from iteration {start}", file=sys.stderr)
+    elif resume:
+        print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
+    config.save(out / "config.json")
+
+    sampler = TileSampler(images, labels, tile=config.data.tile, depth=config.model.depth,
+                          length=o.iterations * o.batch_size, seed=r.seed, stream=stream,
+                          augment_config=augment_config(config), w0=config.data.w0,
+                          sigma=config.data.sigma)
+    log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start)
+    val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start)
+    use_bf16 = r.bf16 and device.type == "cuda"
+    step_model = torch.compile(model) if r.compile else model
+    started = time.perf_counter()
+    running, count, start_loss, smoothed, last_loss = None, 0, None, None, math.nan
+    end = o.iterations if stop_after is None else min(o.iterations, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not progress,
+               desc=f"train {out.name}", file=sys.stderr, dynamic_ncols=True)
+
+    def checkpoint(path: Path, iteration: int) -> None:
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
+            "rng": _rng_state(device), "seconds": seconds_before + time.perf_counter() - started,
+            "version": __version__, "torch": str(torch.__version__)})
+
+    try:
+        for it in bar:
+            lr = learning_rate(config, it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = [sampler[it * o.batch_size + b] for b in range(o.batch_size)]
+            x, y, w = (torch.stack(t).to(device, non_blocking=True) for t in zip(*batch))
+            if r.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+                logits = step_model(x)
+            loss = weighted_cross_entropy(logits, y, w)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running = loss.detach() if running is None else running + loss.detach()
+            count += 1
+            if (it + 1) % r.log_every == 0 or it + 1 == end:  # one host sync per log interval
+                last_loss = running.item() / count
+                running, count = None, 0
+                if not math.isfinite(last_loss):
+                    raise TrainingDiverged(f"loss became {last_loss} at iteration {it + 1}; lower "
+                                           f"optim.lr (now {o.lr:g}) and start again")
+                start_loss = last_loss if start_loss is None else start_loss
+                smoothed = last_loss if smoothed is None else 0.9 * smoothed + 0.1 * last_loss
+                if smoothed > o.divergence_factor * start_loss:
+                    raise TrainingDiverged(f"loss diverged: {smoothed:.4g} at iteration {it + 1} vs "
+                                           f"{start_loss:.4g} at the start; lower optim.lr (now {o.lr:g})")
+                log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
+                           "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:g}")
+            if val_images is not None and ((it + 1) % r.validate_every == 0 or it + 1 == o.iterations):
+                scores = validate(model, val_images, val_labels, device)
+                val_log.write({"iteration": it + 1, **{k: f"{v:.6f}" for k, v in scores.items()},
+                               "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
+                if scores["rand_error"] < best:
+                    best = scores["rand_error"]
+                    checkpoint(out / "best.pt", it + 1)
+                model.train()
+            if (it + 1) % r.checkpoint_every == 0 or it + 1 == o.iterations:
+                checkpoint(last, it + 1)
+    finally:
+        bar.close()
+        log.close()
+        val_log.close()
+    return TrainResult(out, end, last_loss, best, seconds_before + time.perf_counter() - started)

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The ISBI 2012 reproduction of the U-Net paper, in one command:
+#   bash reproduction/run_isbi.sh [--profile paper|cpu|smoke] [--data-dir DIR] [--out DIR] [--results DIR]
+# It prepares its own environment (.venv, pinned), fetches and verifies the data if needed, runs the
+# 3-fold cross-validation, trains the final model, predicts test-volume.tif in the submission
+# format with TTA, scores the test stack when test-labels.tif is present, and writes results/.
+# An interrupted run resumes where it stopped when started again with the same options.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'TXT'
+
+Options:
+  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU), cpu (reduced, ~90 min on 2 cores
+                   for the cross-validation), smoke (pipeline check, < 3 min). Default: paper when a
+                   CUDA GPU is available, else cpu.
+  --data-dir DIR   ISBI 2012 stacks (default: $PAPER_UNET_DATA, else ~/.cache/paper_unet/isbi2012;
+                   downloaded there if missing)
+  --out DIR        run directory: checkpoints, logs, submission (default runs/isbi2012_PROFILE)
+  --results DIR    tables, CSVs and figures (default results/isbi2012_PROFILE)
+  --set KEY=VALUE  override a config value, e.g. --set optim.iterations=2000 (repeatable)
+  --lr-search DIR  include a learning-rate search (reproduction/tune_lr.py) in the report
+  -h, --help       this help
+TXT
+}
+
+die() { echo "run_isbi.sh: error: $*" >&2; echo "Try: bash reproduction/run_isbi.sh --help" >&2; exit 2; }
+
+profile="" data_dir="" out="" results="" lr_search="" sets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile="$2"; shift 2 ;;
+    --data-dir) [ $# -ge 2 ] || die "--data-dir needs a value"; data_dir="$2"; shift 2 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a value"; out="$2"; shift 2 ;;
+    --results) [ $# -ge 2 ] || die "--results needs a value"; results="$2"; shift 2 ;;
+    --set) [ $# -ge 2 ] || die "--set needs KEY=VALUE"; sets+=(--set "$2"); shift 2 ;;
+    --lr-search) [ $# -ge 2 ] || die "--lr-search needs a value"; lr_search="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1'" ;;
+  esac
+done
+case "$profile" in
+  ""|paper|cpu|smoke) ;;
+  *) [ -f "$profile" ] || die "unknown profile '$profile' (choose paper, cpu or smoke, or give a TOML file)" ;;
+esac
+if [ -n "$data_dir" ] && [ ! -d "$data_dir" ]; then
+  die "data directory '$data_dir' does not exist (omit --data-dir to download the data into the cache)"
+fi
+
+source reproduction/env.sh
+ensure_venv
+py="$VENV/bin/python"
+
+cuda=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))')
+if [ -z "$profile" ]; then
+  if [ "$cuda" = 1 ]; then profile=paper; else
+    profile=cpu
+    cat >&2 <<'TXT'
+========================================================================================
+ No CUDA GPU found: running the `cpu` profile (width 16, 300-px tiles, ~90 min on 2 cores
+ for the cross-validation). Its numbers are a CPU reproduction, NOT the paper setting.
+ The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
+========================================================================================
+TXT
+  fi
+fi
+if [ "$profile" = paper ] && [ "$cuda" != 1 ]; then
+  echo "run_isbi.sh: warning: the paper profile on a CPU takes days; use --profile cpu" >&2
+fi
+
+data_args=()
+[ -n "$data_dir" ] && data_args=(--data-dir "$data_dir")
+"$py" -m paper_unet download "${data_args[@]}" --quiet
+
+args=(--profile "$profile" "${data_args[@]}" "${sets[@]}")
+[ -n "$out" ] && args+=(--out "$out")
+[ -n "$results" ] && args+=(--results "$results")
+[ -n "$lr_search" ] && args+=(--lr-search "$lr_search")
+start=$(date +%s)
+"$py" -m paper_unet reproduce "${args[@]}" --command-line "bash reproduction/run_isbi.sh ${*:-} (profile $profile)"
+echo "run_isbi.sh: finished in $(( $(date +%s) - start )) s" >&2
