@@ -207,7 +207,7 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
 | wall time | {total_min:.1f} min in all stages ({", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")}) |
 | network | UNet base_channels {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}, variant {m['variant']} |
 | training | tile {d['tile']}, SGD lr {o['lr']:g} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
-| inference | overlap-tile, one 700x700 tile per slice, TTA {"8 dihedral transforms" if config['run']['tta'] else "off"} |
+| inference | overlap-tile, one tile per slice (the smallest valid one covering 512 px: 700 at depth 5), TTA {"8 dihedral transforms" if config['run']['tta'] else "off"} |
 
 ## Cross-validation (3 contiguous blocks of 10 training slices; last checkpoint of each fold)
 

@@ -1,0 +1,245 @@
+"""Loss, configuration, training with checkpoints and resume, and the one-command reproduction."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ISBI_DIR, REPO
+from paper_unet.config import Config, config_from_dict, load_config, profiles
+from paper_unet.loss import weighted_cross_entropy
+from paper_unet.train import (TrainingDiverged, load_checkpoint, model_from_checkpoint,
+                              save_checkpoint, train)
+
+
+# --- loss --------------------------------------------------------------------------------------
+
+def test_weighted_ce_equals_plain_ce_when_w_is_one():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 2, 5, 6), torch.randint(0, 2, (2, 5, 6))
+    plain = F.cross_entropy(logits, target)
+    assert torch.allclose(weighted_cross_entropy(logits, target, torch.ones(2, 5, 6)), plain)
+    assert torch.allclose(weighted_cross_entropy(logits, target), plain)
+
+
+def test_weighted_ce_by_hand():
+    # one pixel, logits (0, ln 3): softmax = (1/4, 3/4); target 1, w = 2 -> -2 ln(3/4);
+    # second pixel, logits (0, 0): p = 1/2; target 0, w = 0.5 -> -0.5 ln(1/2); mean of the two.
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3), 0.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[1, 0]]])
+    weight = torch.tensor([[[2.0, 0.5]]])
+    expected = (-2 * math.log(0.75) - 0.5 * math.log(0.5)) / 2
+    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        weighted_cross_entropy(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="weight shape"):
+        weighted_cross_entropy(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), torch.ones(4, 4))
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def test_defaults_are_the_papers_constants():
+    c = Config()
+    assert (c.model.base_channels, c.model.depth, c.data.tile) == (64, 5, 572)
+    assert (c.optim.momentum, c.optim.batch_size, c.data.w0, c.data.sigma) == (0.99, 1, 10.0, 5.0)
+    assert (c.data.elastic_grid, c.data.elastic_std) == (3, 10.0)
+
+
+def test_profiles_load_and_unknown_keys_are_rejected():
+    assert {"paper", "cpu", "smoke"} <= set(profiles())
+    assert load_config("paper").model.base_channels == 64
+    assert load_config("cpu", ["optim.lr=3e-4"]).optim.lr == 3e-4
+    with pytest.raises(ValueError, match="unknown key.*lrr.*valid keys"):
+        load_config("cpu", ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="unknown profile"):
+        load_config("fast")
+    with pytest.raises(ValueError, match="must be float"):
+        config_from_dict({"optim": {"lr": "high"}})
+    with pytest.raises(ValueError, match="nearest valid"):
+        config_from_dict({"data": {"tile": 570}})
+
+
+def test_config_round_trips_through_dict():
+    c = load_config("smoke")
+    assert config_from_dict(c.to_dict()) == c
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_data(isbi_dir):
+    import tifffile
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:3, :128, :128]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3, :128, :128]
+    return images, labels
+
+
+def tiny_config(**optim) -> Config:
+    values = load_config("smoke").to_dict()
+    values["optim"].update({"iterations": 8, **optim})
+    values["run"].update(checkpoint_every=4, validate_every=4, log_every=1)
+    return config_from_dict(values)
+
+
+def weights_of(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path):
+    images, labels = tiny_data
+    config = tiny_config()
+    train(config, images, labels, tmp_path / "full", val_images=images[:1], val_labels=labels[:1], progress=False)
+    train(config, images, labels, tmp_path / "split", val_images=images[:1], val_labels=labels[:1],
+          progress=False, stop_after=6)  # "killed" after iteration 6; last checkpoint at 4
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 4
+    train(config, images, labels, tmp_path / "split", val_images=images[:1], val_labels=labels[:1],
+          progress=False, resume=True)
+    full, split = weights_of(tmp_path / "full" / "last.pt"), weights_of(tmp_path / "split" / "last.pt")
+    for name in full:
+        assert torch.equal(full[name], split[name]), name
+    log = (tmp_path / "split" / "train_log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == [str(i) for i in range(1, 9)]
+
+
+def test_training_is_deterministic_for_a_seed(tiny_data, tmp_path):
+    images, labels = tiny_data
+    config = tiny_config(iterations=3)
+    for name in ("a", "b"):
+        train(config, images, labels, tmp_path / name, progress=False)
+    a, b = weights_of(tmp_path / "a" / "last.pt"), weights_of(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_holds_config_and_loads_weights_only(tiny_data, tmp_path):
+    images, labels = tiny_data
+    config = tiny_config(iterations=4)
+    train(config, images, labels, tmp_path, progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["config"] == config.to_dict() and state["iteration"] == 4
+    model, loaded = model_from_checkpoint(tmp_path / "last.pt")
+    assert loaded == config and not model.training
+    assert (tmp_path / "config.json").is_file()
+
+
+def test_resume_with_a_different_config_is_refused(tiny_data, tmp_path):
+    images, labels = tiny_data
+    train(tiny_config(iterations=4), images, labels, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tiny_config(iterations=4, lr=0.5), images, labels, tmp_path, progress=False, resume=True)
+
+
+def test_atomic_checkpoint_leaves_no_partial_file(tmp_path):
+    save_checkpoint(tmp_path / "x.pt", {"a": torch.ones(3)})
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_a_diverging_loss_stops_with_a_clear_message(tiny_data, tmp_path):
+    images, labels = tiny_data
+    with pytest.raises(TrainingDiverged, match="lower optim.lr"):
+        train(tiny_config(lr=1e4, iterations=8), images, labels, tmp_path, progress=False)
+
+
+def test_absent_gpu_gives_a_clear_error(tiny_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    values = tiny_config().to_dict()
+    values["run"]["device"] = "cuda"
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        train(config_from_dict(values), *tiny_data, tmp_path, progress=False)
+
+
+def test_paper_profile_runs_a_few_iterations_on_cpu(isbi_dir, tmp_path):
+    """The full-width paper profile (572 tile, 31 M parameters) really trains: 2 steps on the CPU."""
+    import tifffile
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:2]
+    config = load_config("paper", ["optim.iterations=2", "run.log_every=1"])
+    result = train(config, images, labels, tmp_path, progress=False)
+    assert result.iterations == 2 and math.isfinite(result.last_loss)
+
+
+def test_killed_training_process_resumes_to_the_same_weights(isbi_dir, tmp_path):
+    """A real SIGKILL of `paper-unet train`, then --resume: same weights as an uninterrupted run."""
+    common = [sys.executable, "-m", "paper_unet", "train", "--profile", "smoke", "--data-dir", str(isbi_dir),
+              "--quiet", "--set", "optim.iterations=12", "--set", "run.checkpoint_every=2"]
+    subprocess.run(common + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+    victim = subprocess.Popen(common + ["--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        if (tmp_path / "killed" / "last.pt").is_file():
+            break
+        time.sleep(0.05)
+    if victim.poll() is None:
+        os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    done = subprocess.run(common + ["--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    full, resumed = weights_of(tmp_path / "full" / "last.pt"), weights_of(tmp_path / "killed" / "last.pt")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+# --- the one-command reproduction --------------------------------------------------------------
+
+def run_script(*args, env=None):
+    return subprocess.run(["bash", str(REPO / "reproduction" / "run_isbi.sh"), *args], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+
+
+def test_run_isbi_smoke_end_to_end_writes_every_artefact(isbi_dir, tmp_path):
+    start = time.time()
+    done = run_script("--profile", "smoke", "--data-dir", str(isbi_dir), "--out", str(tmp_path / "run"),
+                      "--results", str(tmp_path / "results"))
+    elapsed = time.time() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert elapsed < 180, f"smoke run took {elapsed:.0f} s (budget 3 min)"
+    results = tmp_path / "results"
+    for name in ("README.md", "cv_folds.csv", "per_threshold.csv", "summary.json",
+                 "figures/training_curves.png", "figures/per_threshold.png", "figures/prediction_fold0.png"):
+        assert (results / name).is_file(), name
+    readme = (results / "README.md").read_text()
+    assert "u-net (paper)" in readme and "NOT the paper setting" in readme and "commit" in readme
+    import tifffile
+    submission = tifffile.imread(tmp_path / "run" / "submission" / "test-volume-probabilities.tif")
+    assert submission.shape == (30, 512, 512) and submission.dtype == np.float32
+    assert 0 <= submission.min() and submission.max() <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "fast"], "unknown profile"),
+    (["--bogus"], "unknown option"),
+    (["--data-dir", "/nonexistent/isbi"], "does not exist"),
+    (["--profile"], "needs a value"),
+])
+def test_run_isbi_bad_options_fail_clearly(args, message):
+    done = run_script(*args)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_run_isbi_help():
+    done = run_script("--help")
+    assert done.returncode == 0 and "--profile" in done.stdout
+
+
+def test_train_command_with_missing_data_dir_fails_clearly(tmp_path, capsys):
+    from paper_unet.cli import main
+    code = main(["train", "--profile", "smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "paper-unet download" in capsys.readouterr().err
