@@ -64,7 +64,7 @@ class RunConfig:
     folds: int = 3  # cross-validation over contiguous blocks of the 30 training slices
     tta: bool = True  # [ours] 8 dihedral transforms at test time
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # CUDA: bf16 autocast
+    bf16: bool = False  # bf16 autocast (for CUDA; also works on the CPU)
     channels_last: bool = False
     compile: bool = False  # torch.compile
 

@@ -200,7 +200,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                           sigma=config.data.sigma)
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start)
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start)
-    use_bf16 = r.bf16 and device.type == "cuda"
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if r.bf16 else nullcontext())
     step_model = torch.compile(model) if r.compile else model
     started = time.perf_counter()
     running, count, start_loss, smoothed, last_loss = None, 0, None, None, math.nan
@@ -224,7 +224,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             x, y, w = (torch.stack(t).to(device, non_blocking=True) for t in zip(*batch))
             if r.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+            with autocast:  # bf16 matrix work, loss and softmax in fp32
                 logits = step_model(x)
             loss = weighted_cross_entropy(logits, y, w)
             optimizer.zero_grad(set_to_none=True)

@@ -1,10 +1,19 @@
 # Shared by tests/run.sh and reproduction/run_isbi.sh: create or reuse a virtual environment with
 # the package and its pinned dependencies. Re-installs only when pyproject.toml changes.
 # PAPER_UNET_VENV overrides the location (default: .venv in the repository).
+# PAPER_UNET_PYTHON=/path/to/python uses that interpreter as it is, with no virtual environment
+# (the Docker image and conda environments, where the package is already installed).
 VENV="${PAPER_UNET_VENV:-$PWD/.venv}"
+PY="$VENV/bin/python"
 
 ensure_venv() {
   local extra="${1:-}" python="${PYTHON:-python3}" spec="." stamp
+  if [ -n "${PAPER_UNET_PYTHON:-}" ]; then
+    PY="$PAPER_UNET_PYTHON"
+    "$PY" -c "import paper_unet" 2>/dev/null \
+      || { echo "error: PAPER_UNET_PYTHON=$PY cannot import paper_unet; pip install -e . with it" >&2; return 1; }
+    return 0
+  fi
   [ -n "$extra" ] && spec=".[$extra]"
   stamp="$VENV/.paper_unet-$(sha256sum pyproject.toml | cut -c1-16)-${extra:-base}"
   if [ -f "$stamp" ]; then return 0; fi

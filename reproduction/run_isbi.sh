@@ -51,7 +51,7 @@ fi
 
 source reproduction/env.sh
 ensure_venv
-py="$VENV/bin/python"
+py="$PY"
 
 cuda=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))')
 if [ -z "$profile" ]; then

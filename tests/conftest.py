@@ -13,7 +13,7 @@ SHARED = Path(os.environ.get("PAPER_UNET_SHARED", REPO.parent / "shared"))
 ISBI_DIR = SHARED / "data" / "isbi2012"
 METRICS_REFERENCE_DIR = SHARED / "metrics_reference"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source reproduction/env.sh
 ensure_venv test
-exec "$VENV/bin/python" -m pytest "$@"
+exec "$PY" -m pytest "$@"

@@ -243,3 +243,50 @@ def test_train_command_with_missing_data_dir_fails_clearly(tmp_path, capsys):
     from paper_unet.cli import main
     code = main(["train", "--profile", "smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert code == 2 and "paper-unet download" in capsys.readouterr().err
+
+
+# --- optional fast paths: each must match the plain fp32 path ----------------------------------
+
+def losses(path: Path) -> np.ndarray:
+    rows = (path / "train_log.csv").read_text().splitlines()[1:]
+    return np.array([float(r.split(",")[1]) for r in rows])
+
+
+def run_variant(tiny_data, tmp_path, name, dropout=0.5, **run) -> Path:
+    values = tiny_config(iterations=3).to_dict()
+    values["run"].update(run)
+    values["model"]["dropout"] = dropout
+    train(config_from_dict(values), *tiny_data, tmp_path / name, progress=False)
+    return tmp_path / name
+
+
+def test_channels_last_matches_the_plain_path(tiny_data, tmp_path):
+    # without dropout: a channels_last tensor draws its dropout mask in memory order, so the same
+    # RNG state gives a different (equally valid) mask
+    plain = run_variant(tiny_data, tmp_path, "plain", dropout=0.0)
+    fast = run_variant(tiny_data, tmp_path, "cl", dropout=0.0, channels_last=True)
+    np.testing.assert_allclose(losses(fast), losses(plain), rtol=1e-4)
+    a, b = weights_of(plain / "last.pt"), weights_of(fast / "last.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny_data, tmp_path):
+    plain = run_variant(tiny_data, tmp_path, "plain")
+    fast = run_variant(tiny_data, tmp_path, "bf16", bf16=True)
+    np.testing.assert_allclose(losses(fast)[0], losses(plain)[0], rtol=0.03)  # same weights, same tile
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_the_plain_path(tiny_data, tmp_path):
+    plain = run_variant(tiny_data, tmp_path, "plain")
+    fast = run_variant(tiny_data, tmp_path, "compiled", compile=True)
+    np.testing.assert_allclose(losses(fast), losses(plain), rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_matches_cpu_first_loss(tiny_data, tmp_path):
+    cpu = run_variant(tiny_data, tmp_path, "cpu", device="cpu")
+    gpu = run_variant(tiny_data, tmp_path, "gpu", device="cuda")
+    np.testing.assert_allclose(losses(gpu)[0], losses(cpu)[0], rtol=1e-3)

