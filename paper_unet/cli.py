@@ -72,7 +72,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     results = Path(args.results or f"results/isbi2012_{config.name}")
     isbi = load_isbi2012(args.data_dir)
     summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
-                               command=args.command_line)
+                               command=args.command_line, only_fold=args.only_fold)
+    from paper_unet.train import is_main_process
+
+    if args.only_fold is not None or not is_main_process():
+        return 0
     readme = write_report(out, results, resolve_data_dir(args.data_dir), args.lr_search)
     folds = summary["folds"]
     print(f"done: {len(folds)} folds, submission {summary['submission']}; report {readme}")
@@ -194,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--results", help="results directory (default results/isbi2012_PROFILE)")
     reproduce.add_argument("--lr-search", help="run directory of reproduction/tune_lr.py to report")
     reproduce.add_argument("--restart", action="store_true", help="ignore finished stages and checkpoints")
+    reproduce.add_argument("--only-fold", type=int, metavar="K",
+                           help="run cross-validation fold K alone (one process per GPU); a later "
+                                "call without it gathers the folds, trains the final model, reports")
     reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
     reproduce.set_defaults(func=_reproduce)
 

@@ -98,20 +98,33 @@ def _stage(timings: dict, name: str, start: float) -> None:
     timings[name] = round(time.perf_counter() - start, 1)
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool = True,
-                     progress: bool = True, command: str | None = None) -> dict:
+                     progress: bool = True, command: str | None = None,
+                     only_fold: int | None = None) -> dict:
     """Cross-validation, final model, test prediction and scores; returns the summary dict.
 
     Resumable: a finished stage (its metrics file exists) is skipped, an unfinished training
     continues from its last checkpoint. Fold scores use each fold's *last* checkpoint: choosing
     the best checkpoint on the held-out block and then scoring that same block would flatter it.
+    ``only_fold`` runs that fold alone (train, predict, score) and returns: the folds can run as
+    independent processes, one per GPU, and a last call without it gathers them. Under torchrun
+    all processes train together and rank 0 alone predicts, scores and writes.
     """
     from paper_unet.tiling import predict_stack
-    from paper_unet.train import model_from_checkpoint, resolve_device, train
+    from paper_unet.train import distributed, model_from_checkpoint, resolve_device, train
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.json")
+    main = distributed()[0] == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.json")
     device = resolve_device(config.run.device)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if resume and summary_path.is_file() else {}
@@ -122,13 +135,19 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
 
     for k, (train_idx, val_idx) in enumerate(cv_folds(len(isbi.train_images), config.run.folds)):
         fold_dir = out / f"fold{k}"
-        if str(k) in folds and (fold_dir / "metrics.json").is_file():
+        if only_fold is not None and k != only_fold:
+            continue
+        _barrier()  # every rank sees the same finished folds
+        if resume and (fold_dir / "metrics.json").is_file():
+            folds[str(k)] = json.loads((fold_dir / "metrics.json").read_text())
             continue
         t0 = time.perf_counter()
         result = train(config, isbi.train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
                        val_images=isbi.train_images[val_idx], val_labels=isbi.train_labels[val_idx],
                        resume=resume, progress=progress)
         _stage(timings, f"fold{k}_train", t0)
+        if not main:
+            continue
         t0 = time.perf_counter()
         model, _ = model_from_checkpoint(fold_dir / "last.pt", device)
         probabilities = predict_stack(model, isbi.train_images[val_idx], tta=config.run.tta,
@@ -142,7 +161,11 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
                       train_seconds=round(result.seconds, 1))
         (fold_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
         folds[str(k)] = scores
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        if only_fold is None:
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    _barrier()
+    if only_fold is not None:
+        return summary
 
     final_dir = out / "final"
     submission = out / "submission" / "test-volume-probabilities.tif"
@@ -150,6 +173,9 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         t0 = time.perf_counter()
         train(config, isbi.train_images, isbi.train_labels, final_dir, resume=resume, progress=progress)
         _stage(timings, "final_train", t0)
+    if not main:
+        return summary
+    if not submission.is_file() or not resume:
         t0 = time.perf_counter()
         model, _ = model_from_checkpoint(final_dir / "last.pt", device)
         probabilities = predict_stack(model, isbi.test_images, tta=config.run.tta, device=device,

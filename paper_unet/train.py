@@ -53,6 +53,28 @@ class TrainResult:
     last_loss: float
     best_rand_error: float
     seconds: float
+    model: UNet | None = None  # the trained network (in memory; not part of any file)
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group under torchrun (WORLD_SIZE > 1).
+
+    Data-parallel training (DDP): every process draws its own tile per step (sample stream = rank),
+    gradients are averaged across processes, so the effective batch is world_size x batch_size.
+    Backend: NCCL when CUDA is available, else gloo (CPU).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return distributed()[0] == 0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -159,21 +181,30 @@ def learning_rate(config: Config, iteration: int) -> float:
 
 def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
           val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
-          resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          stream: int = 0) -> TrainResult:
+          resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train a UNet on (images, labels) uint8 stacks; write logs and checkpoints to ``out_dir``.
 
     ``resume`` continues from ``out_dir/last.pt`` (it must hold the same config). ``stop_after``
-    ends the run after that iteration (as if killed right after a checkpoint there).
+    ends the run after that iteration (as if killed right after a checkpoint there). Under
+    ``torchrun`` the processes train one model together (see `distributed`); only rank 0 logs,
+    validates and writes checkpoints, and every rank resumes from them.
     """
     from tqdm import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rank, world, local_rank = distributed()
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.run.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     o, r = config.optim, config.run
-    torch.manual_seed(r.seed)
+    torch.manual_seed(r.seed)  # the same initial weights on every rank
     model = build_model(config).to(device)
+    if world > 1:
+        torch.manual_seed(r.seed + 1_000_003 * rank)  # rank-specific dropout masks
     if r.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
@@ -185,35 +216,55 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         if state["config"] != config.to_dict():
             raise ValueError(f"{last} was written with a different configuration; resume with the "
                              f"same profile and overrides, or use a new --out directory")
+        if state.get("world_size", 1) != world:
+            raise ValueError(f"{last} was written by {state.get('world_size', 1)} process(es); "
+                             f"resume with the same number (now {world})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device)
+        _set_rng_state(state["rng"][rank], device)
         start, best, seconds_before = state["iteration"], state["best_rand_error"], state["seconds"]
-        print(f"resuming {out} from iteration {start}", file=sys.stderr)
-    elif resume:
+        if main:
+            print(f"resuming {out} from iteration {start}", file=sys.stderr)
+    elif resume and main:
         print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
-    config.save(out / "config.json")
+    if main:
+        config.save(out / "config.json")
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    else:
+        train_model = model
 
     sampler = TileSampler(images, labels, tile=config.data.tile, depth=config.model.depth,
-                          length=o.iterations * o.batch_size, seed=r.seed, stream=stream,
+                          length=o.iterations * o.batch_size, seed=r.seed, stream=rank,
                           augment_config=augment_config(config), w0=config.data.w0,
                           sigma=config.data.sigma)
-    log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start)
-    val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start)
+    log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
+    val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if r.bf16 else nullcontext())
-    step_model = torch.compile(model) if r.compile else model
+    step_model = torch.compile(train_model) if r.compile else train_model
     started = time.perf_counter()
     running, count, start_loss, smoothed, last_loss = None, 0, None, None, math.nan
     end = o.iterations if stop_after is None else min(o.iterations, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not progress,
+    bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not (progress and main),
                desc=f"train {out.name}", file=sys.stderr, dynamic_ncols=True)
 
-    def checkpoint(path: Path, iteration: int) -> None:
-        save_checkpoint(path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
-            "rng": _rng_state(device), "seconds": seconds_before + time.perf_counter() - started,
-            "version": __version__, "torch": str(torch.__version__)})
+    def checkpoint(path: Path, iteration: int, gather: bool = True) -> None:
+        """Rank 0 writes; with ``gather`` (collective: every rank calls it) all ranks' RNG states."""
+        rng = [_rng_state(device)]
+        if world > 1 and gather:  # every rank's RNG, so that a resumed run continues each stream exactly
+            import torch.distributed as dist
+
+            rng = [None] * world
+            dist.all_gather_object(rng, {k: v.cpu() for k, v in _rng_state(device).items()})
+        if main:
+            save_checkpoint(path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
+                "rng": rng, "world_size": world,
+                "seconds": seconds_before + time.perf_counter() - started,
+                "version": __version__, "torch": str(torch.__version__)})
 
     try:
         for it in bar:
@@ -225,7 +276,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             if r.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:  # bf16 matrix work, loss and softmax in fp32
-                logits = step_model(x)
+                logits = step_model(x)  # under DDP, backward() all-reduces (averages) the gradients
             loss = weighted_cross_entropy(logits, y, w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -233,6 +284,11 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             running = loss.detach() if running is None else running + loss.detach()
             count += 1
             if (it + 1) % r.log_every == 0 or it + 1 == end:  # one host sync per log interval
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(running)
+                    running = running / world
                 last_loss = running.item() / count
                 running, count = None, 0
                 if not math.isfinite(last_loss):
@@ -243,21 +299,24 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                 if smoothed > o.divergence_factor * start_loss:
                     raise TrainingDiverged(f"loss diverged: {smoothed:.4g} at iteration {it + 1} vs "
                                            f"{start_loss:.4g} at the start; lower optim.lr (now {o.lr:g})")
-                log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
-                           "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:g}")
-            if val_images is not None and ((it + 1) % r.validate_every == 0 or it + 1 == o.iterations):
+                if main:
+                    log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
+                               "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:g}")
+            if main and val_images is not None and (
+                    (it + 1) % r.validate_every == 0 or it + 1 == o.iterations):
                 scores = validate(model, val_images, val_labels, device)
                 val_log.write({"iteration": it + 1, **{k: f"{v:.6f}" for k, v in scores.items()},
                                "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
                 if scores["rand_error"] < best:
                     best = scores["rand_error"]
-                    checkpoint(out / "best.pt", it + 1)
+                    checkpoint(out / "best.pt", it + 1, gather=False)  # rank 0 only: no collective
                 model.train()
             if (it + 1) % r.checkpoint_every == 0 or it + 1 == o.iterations:
                 checkpoint(last, it + 1)
     finally:
         bar.close()
-        log.close()
-        val_log.close()
-    return TrainResult(out, end, last_loss, best, seconds_before + time.perf_counter() - started)
+        if main:
+            log.close()
+            val_log.close()
+    return TrainResult(out, end, last_loss, best, seconds_before + time.perf_counter() - started, model)

@@ -22,13 +22,17 @@ Options:
   --results DIR    tables, CSVs and figures (default results/isbi2012_PROFILE)
   --set KEY=VALUE  override a config value, e.g. --set optim.iterations=2000 (repeatable)
   --lr-search DIR  include a learning-rate search (reproduction/tune_lr.py) in the report
+  --gpus N         data-parallel training on N GPUs of this machine (torchrun, one tile per GPU
+                   per step: the effective batch is N tiles; see README "Scaling out")
+  --parallel-folds with --gpus N: instead run the cross-validation folds as independent
+                   processes, fold k on GPU k mod N, then the final model on GPU 0
   -h, --help       this help
 TXT
 }
 
 die() { echo "run_isbi.sh: error: $*" >&2; echo "Try: bash reproduction/run_isbi.sh --help" >&2; exit 2; }
 
-profile="" data_dir="" out="" results="" lr_search="" sets=()
+profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile="$2"; shift 2 ;;
@@ -37,6 +41,8 @@ while [ $# -gt 0 ]; do
     --results) [ $# -ge 2 ] || die "--results needs a value"; results="$2"; shift 2 ;;
     --set) [ $# -ge 2 ] || die "--set needs KEY=VALUE"; sets+=(--set "$2"); shift 2 ;;
     --lr-search) [ $# -ge 2 ] || die "--lr-search needs a value"; lr_search="$2"; shift 2 ;;
+    --gpus) [ $# -ge 2 ] || die "--gpus needs a number"; gpus="$2"; shift 2 ;;
+    --parallel-folds) parallel_folds=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1'" ;;
   esac
@@ -45,6 +51,7 @@ case "$profile" in
   ""|paper|cpu|smoke) ;;
   *) [ -f "$profile" ] || die "unknown profile '$profile' (choose paper, cpu or smoke, or give a TOML file)" ;;
 esac
+case "$gpus" in ''|*[!0-9]*|0) die "--gpus needs a positive whole number, got '$gpus'" ;; esac
 if [ -n "$data_dir" ] && [ ! -d "$data_dir" ]; then
   die "data directory '$data_dir' does not exist (omit --data-dir to download the data into the cache)"
 fi
@@ -78,6 +85,25 @@ args=(--profile "$profile" "${data_args[@]}" "${sets[@]}")
 [ -n "$out" ] && args+=(--out "$out")
 [ -n "$results" ] && args+=(--results "$results")
 [ -n "$lr_search" ] && args+=(--lr-search "$lr_search")
+if [ "$gpus" -gt 1 ]; then
+  visible=$("$py" -c 'import torch; print(torch.cuda.device_count())')
+  [ "$visible" -ge "$gpus" ] || die "--gpus $gpus asked for, but this machine has $visible CUDA GPU(s)"
+fi
 start=$(date +%s)
-"$py" -m paper_unet reproduce "${args[@]}" --command-line "bash reproduction/run_isbi.sh ${*:-} (profile $profile)"
+cmdline="bash reproduction/run_isbi.sh ${*:-} (profile $profile)"
+if [ "$gpus" -gt 1 ] && [ "$parallel_folds" = 1 ]; then
+  folds=$("$py" -c "from paper_unet.config import load_config; print(load_config('$profile').run.folds)")
+  pids=()
+  for ((k = 0; k < folds; k++)); do
+    CUDA_VISIBLE_DEVICES=$((k % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || die "a fold process failed (exit $?); run again to resume"; done
+  CUDA_VISIBLE_DEVICES=0 "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline"
+elif [ "$gpus" -gt 1 ]; then
+  "$py" -m torch.distributed.run --standalone --nproc_per_node="$gpus" -m paper_unet reproduce "${args[@]}" \
+    --command-line "$cmdline"
+else
+  "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline"
+fi
 echo "run_isbi.sh: finished in $(( $(date +%s) - start )) s" >&2

@@ -1,0 +1,76 @@
+"""Data-parallel training under torchrun (gloo on the CPU): identical replicas, resumable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO
+from paper_unet.train import load_checkpoint
+
+
+def torchrun(out, stop_after, mode, isbi_dir):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "tests" / "ddp_worker.py"), str(out), str(stop_after), mode, str(isbi_dir)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_ranks_hold_identical_weights_and_rank0_checkpoint_resumes(isbi_dir, tmp_path):
+    done = torchrun(tmp_path, 2, "fresh", isbi_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert same(rank0, rank1)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["iteration"] == 2 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])  # rank-specific dropout streams
+    assert same(state["model"], rank0)
+    log = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert len(log) == 3  # header + 2 iterations, written by rank 0 only
+
+    done = torchrun(tmp_path, 4, "resume", isbi_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert same(rank0, rank1)
+
+
+def reproduce(*args, nproc=None, env_threads="1"):
+    env = dict(os.environ, OMP_NUM_THREADS=env_threads)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc else [sys.executable])
+    return subprocess.run(launcher + ["-m", "paper_unet", "reproduce", "--profile", "smoke", "--quiet", *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+
+
+@pytest.mark.slow
+def test_reproduction_under_torchrun_writes_everything_once(isbi_dir, tmp_path):
+    done = reproduce("--data-dir", str(isbi_dir), "--out", str(tmp_path / "run"), "--results",
+                     str(tmp_path / "results"), nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "results" / "README.md").is_file()
+    assert load_checkpoint(tmp_path / "run" / "final" / "last.pt")["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_folds_as_independent_processes_are_gathered(isbi_dir, tmp_path):
+    common = ["--data-dir", str(isbi_dir), "--out", str(tmp_path / "run"), "--results", str(tmp_path / "results")]
+    for k in (0, 1, 2):
+        assert reproduce(*common, "--only-fold", str(k)).returncode == 0
+        assert (tmp_path / "run" / f"fold{k}" / "metrics.json").is_file()
+    assert not (tmp_path / "run" / "final").exists()
+    done = reproduce(*common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fold0_train" not in json.loads((tmp_path / "run" / "summary.json").read_text())["timings_s"]
+    assert (tmp_path / "results" / "cv_folds.csv").read_text().count("\n") == 4
