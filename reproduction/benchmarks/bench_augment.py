@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 import torch
 
-from _common import ISBI_DIR, write_section
+from _common import ISBI_DIR, publish
 from paper_unet.augment import AugmentConfig, augment, draw_params
 from paper_unet.sampler import TileSampler
 from paper_unet.weights import weight_map
@@ -81,10 +81,7 @@ Ours samples labels and weights only on the 388x388 output part, which is all th
 Sampler throughput (`TileSampler`, 30 ISBI slices, full augmentation, one process): **{throughput:.1f} samples/s**;
 the paper trains with one tile per step, so this supplies far more than a CPU training step consumes.
 """
-    print(body)
-    if not args.no_write:
-        write_section("Augmentation and sampler (bench_augment.py)", body,
-                      "python reproduction/benchmarks/bench_augment.py")
+    publish("Augmentation and sampler (bench_augment.py)", body, write=not args.no_write)
     return 0
 
 

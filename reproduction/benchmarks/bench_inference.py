@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 import torch
 
-from _common import ISBI_DIR, best_time, write_section
+from _common import ISBI_DIR, best_time, publish
 from paper_unet import UNet
 from paper_unet.tiling import context, mirror_pad, predict
 
@@ -81,10 +81,7 @@ Max abs difference of the probabilities:
   of 16, so its max-pools see a shifted grid and its outputs differ: a real difference of the naive plan,
   not float noise.
 """
-    print(body)
-    if not args.no_write:
-        write_section("Overlap-tile inference (bench_inference.py)", body,
-                      "python reproduction/benchmarks/bench_inference.py " + " ".join(sys.argv[1:]))
+    publish("Overlap-tile inference (bench_inference.py)", body, write=not args.no_write)
     return 0
 
 

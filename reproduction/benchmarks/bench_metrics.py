@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from _common import ISBI_DIR, best_time, write_section
+from _common import ISBI_DIR, best_time, publish
 from paper_unet import metrics
 
 FIJI_SECONDS_3_SLICES_512 = 117.0  # issue #4
@@ -84,10 +84,7 @@ reference values on a 2-core machine): **{fiji_ref / ours_ref:.0f}x**. All value
 Proposal: real ISBI training labels, blurred (sigma 2 px) with noise, 400 random membrane gaps and walls
 (seed 0); its warping error {result.warping_error:.6f}, Rand error {result.rand_error:.4f}.
 """
-    print(body)
-    if not args.no_write:
-        write_section("Challenge metrics (bench_metrics.py)", body,
-                      "python reproduction/benchmarks/bench_metrics.py")
+    publish("Challenge metrics (bench_metrics.py)", body, write=not args.no_write)
     return 0
 
 

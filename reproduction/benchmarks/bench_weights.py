@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from _common import ISBI_DIR, write_section
+from _common import ISBI_DIR, publish
 from paper_unet.weights import estimate_class_weights, weight_map
 
 FOUR = ndimage.generate_binary_structure(2, 1)
@@ -57,9 +57,7 @@ def main() -> int:
 **Speed-up {t_plain / t_ours:.0f}x** (target >= 40x); max abs difference {diff:.1e} (target <= 1e-6).
 w0 = 10, sigma = 5, class weights {cw[0]:.4f} / {cw[1]:.1f} (membrane / cell); {min(cells)}-{max(cells)} cells per slice.
 """
-    print(body)
-    if not args.no_write:
-        write_section("Weight maps (bench_weights.py)", body, "python reproduction/benchmarks/bench_weights.py")
+    publish("Weight maps (bench_weights.py)", body, write=not args.no_write, seed="none (deterministic)")
     return 0
 
 
