@@ -221,7 +221,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                              f"resume with the same number (now {world})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"][rank], device)
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # 0.1.0 wrote one dict
+        _set_rng_state(rng[rank], device)
         start, best, seconds_before = state["iteration"], state["best_rand_error"], state["seconds"]
         if main:
             print(f"resuming {out} from iteration {start}", file=sys.stderr)

@@ -290,3 +290,14 @@ def test_cuda_training_matches_cpu_first_loss(tiny_data, tmp_path):
     cpu = run_variant(tiny_data, tmp_path, "cpu", device="cpu")
     gpu = run_variant(tiny_data, tmp_path, "gpu", device="cuda")
     np.testing.assert_allclose(losses(gpu)[0], losses(cpu)[0], rtol=1e-3)
+
+
+def test_resume_accepts_a_single_process_rng_dict(tiny_data, tmp_path):
+    """Checkpoints written before multi-process training stored one RNG dict, not a list."""
+    images, labels = tiny_data
+    config = tiny_config(iterations=8)
+    train(config, images, labels, tmp_path, progress=False, stop_after=4)
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["rng"] = state["rng"][0]
+    save_checkpoint(tmp_path / "last.pt", state)
+    assert train(config, images, labels, tmp_path, progress=False, resume=True).iterations == 8
