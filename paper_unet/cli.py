@@ -22,7 +22,13 @@ def _load_config(args: argparse.Namespace):
     overrides = list(args.set or [])
     if getattr(args, "device", None):
         overrides.append(f'run.device="{args.device}"')
-    return load_config(args.profile, overrides)
+    config = load_config(args.profile, overrides)
+    fold = getattr(args, "fold", None)
+    fold = getattr(args, "only_fold", None) if fold is None else fold
+    if fold is not None and not 0 <= fold < config.run.folds:
+        raise ValueError(f"fold {fold} does not exist: the profile has {config.run.folds} folds "
+                         f"(0 to {config.run.folds - 1})")
+    return config
 
 
 def _train(args: argparse.Namespace) -> int:

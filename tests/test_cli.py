@@ -83,3 +83,25 @@ def test_download_command_reports_present_data(isbi_dir, tmp_path, capsys):
 def test_download_command_unreachable_url_fails_clearly(tmp_path, capsys):
     code = main(["download", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.zip", "--quiet"])
     assert code == 2 and "failed after 3 attempts" in capsys.readouterr().err
+
+
+def test_train_then_predict_writes_the_submission_format(isbi_dir, tmp_path, capsys):
+    """`paper-unet train` then `paper-unet predict`: float32 P(cell) in [0, 1], the input's shape."""
+    run = tmp_path / "run"
+    assert main(["train", "--profile", "smoke", "--data-dir", str(isbi_dir), "--out", str(run), "--quiet",
+                 "--set", "optim.iterations=2", "--fold", "0"]) == 0
+    assert (run / "last.pt").is_file() and (run / "val_log.csv").is_file()
+    stack = tifffile.imread(isbi_dir / "test-volume.tif")[:2, :100, :130]
+    tifffile.imwrite(tmp_path / "in.tif", stack, photometric="minisblack")
+    out = tmp_path / "out" / "probs.tif"
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(tmp_path / "in.tif"),
+                 "--output", str(out), "--tta", "--quiet"]) == 0
+    probabilities = tifffile.imread(out)
+    assert probabilities.shape == (2, 100, 130) and probabilities.dtype == np.float32
+    assert 0 <= probabilities.min() and probabilities.max() <= 1
+    assert "TTA on" in capsys.readouterr().out
+
+
+def test_fold_out_of_range_is_a_clear_error(isbi_dir, tmp_path, capsys):
+    code = main(["train", "--profile", "smoke", "--data-dir", str(isbi_dir), "--out", str(tmp_path), "--fold", "3"])
+    assert code == 2 and "0 to 2" in capsys.readouterr().err
