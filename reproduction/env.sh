@@ -15,8 +15,13 @@ ensure_venv() {
     return 0
   fi
   [ -n "$extra" ] && spec=".[$extra]"
-  stamp="$VENV/.paper_unet-$(sha256sum pyproject.toml | cut -c1-16)-${extra:-base}"
+  local hash
+  hash=$(sha256sum pyproject.toml | cut -c1-16)
+  stamp="$VENV/.paper_unet-$hash-${extra:-base}"
   if [ -f "$stamp" ]; then return 0; fi
+  if [ -z "$extra" ] && [ -n "$(ls "$VENV"/.paper_unet-"$hash"-* 2>/dev/null)" ]; then
+    return 0  # an install with extras includes the base install
+  fi
   if ! command -v "$python" >/dev/null; then
     echo "error: $python not found; install Python >= 3.10 or set PYTHON=/path/to/python" >&2
     return 1
@@ -27,6 +32,6 @@ ensure_venv() {
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
   "$VENV/bin/python" -c "import paper_unet, torch" \
     || { echo "error: installing into $VENV failed (see pip output above)" >&2; return 1; }
-  rm -f "$VENV"/.paper_unet-*
+  find "$VENV" -maxdepth 1 -name ".paper_unet-*" ! -name ".paper_unet-$hash-*" -delete
   touch "$stamp"
 }
