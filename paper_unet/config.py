@@ -53,6 +53,7 @@ class OptimConfig:
     lr_decay_at: float = 0.8  # [ours] fraction of iterations after which lr *= lr_decay
     lr_decay: float = 0.1  # [ours]
     divergence_factor: float = 20.0  # stop when the smoothed loss exceeds this x its start
+    collapse_patience: int = 5  # stop after this many log intervals of a constant output (0: off)
 
 
 @dataclass

@@ -43,7 +43,17 @@ VAL_FIELDS = ["iteration", "pixel_error", "rand_error", "seconds"]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf or grew far beyond its starting value."""
+    """The loss became NaN/inf, grew far beyond its start, or the network output became constant."""
+
+
+def output_spread(logits: torch.Tensor) -> float:
+    """Spread over the tile of the class-1 minus class-0 logit margin; 0 for a dead network.
+
+    A too-large step can kill every ReLU of a level: the output is then the same at every pixel,
+    the loss sits at the class-prior value, and no gradient revives it.
+    """
+    margin = logits[:, 1] - logits[:, 0] if logits.shape[1] > 1 else logits[:, 0]
+    return float(margin.detach().float().std())
 
 
 @dataclass
@@ -246,7 +256,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if r.bf16 else nullcontext())
     step_model = torch.compile(train_model) if r.compile else train_model
     started = time.perf_counter()
-    running, count, start_loss, smoothed, last_loss = None, 0, None, None, math.nan
+    running, count, start_loss, smoothed, last_loss, flat = None, 0, None, None, math.nan, 0
     end = o.iterations if stop_after is None else min(o.iterations, stop_after)
     bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not (progress and main),
                desc=f"train {out.name}", file=sys.stderr, dynamic_ncols=True)
@@ -300,6 +310,10 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                 if smoothed > o.divergence_factor * start_loss:
                     raise TrainingDiverged(f"loss diverged: {smoothed:.4g} at iteration {it + 1} vs "
                                            f"{start_loss:.4g} at the start; lower optim.lr (now {o.lr:g})")
+                flat = flat + 1 if output_spread(logits) < 1e-6 else 0
+                if o.collapse_patience and flat >= o.collapse_patience:
+                    raise TrainingDiverged(f"the network collapsed to a constant output (dead ReLUs) by "
+                                           f"iteration {it + 1}; lower optim.lr (now {o.lr:g}) and start again")
                 if main:
                     log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
                                "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})

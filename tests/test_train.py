@@ -301,3 +301,23 @@ def test_resume_accepts_a_single_process_rng_dict(tiny_data, tmp_path):
     state["rng"] = state["rng"][0]
     save_checkpoint(tmp_path / "last.pt", state)
     assert train(config, images, labels, tmp_path, progress=False, resume=True).iterations == 8
+
+
+def test_a_collapsed_network_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
+    """A dead network (constant output) is detected after collapse_patience log intervals."""
+    import paper_unet.train as train_module
+    from paper_unet.train import output_spread
+
+    def dead_model(config):
+        model = train_module.UNet(base_channels=4, depth=3)
+        for parameter in model.parameters():
+            torch.nn.init.zeros_(parameter)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", dead_model)
+    values = tiny_config(iterations=8).to_dict()
+    values["optim"]["collapse_patience"] = 3
+    with pytest.raises(TrainingDiverged, match="collapsed to a constant output"):
+        train(config_from_dict(values), *tiny_data, tmp_path, progress=False)
+    assert output_spread(torch.zeros(1, 2, 4, 4)) == 0.0
+    assert output_spread(torch.randn(1, 2, 4, 4)) > 0.0
