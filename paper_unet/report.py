@@ -139,7 +139,12 @@ def _lr_table(run: Path) -> str:
 
 def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | None = None,
                  lr_search: str | Path | None = None) -> Path:
-    """Write results/ (README.md, CSVs, figures) from a `run_reproduction` output directory."""
+    """Write results/ (README.md, CSVs, figures) from a `run_reproduction` output directory.
+
+    A hand-written ``NOTES.md`` in the results directory is appended to the README.
+    """
+    from paper_unet.metrics import THRESHOLDS
+
     run, results = Path(run), Path(results)
     summary_path = run / "summary.json"
     if not summary_path.is_file():
@@ -158,7 +163,8 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     for k, s in sorted(folds.items()):
         for metric, key in PER_THRESHOLD.items():
             for i, value in enumerate(s[key]):
-                per_threshold.append({"fold": int(k), "metric": key, "threshold_index": i, "value": value})
+                per_threshold.append({"fold": int(k), "metric": key, "threshold": repr(THRESHOLDS[i]),
+                                      "value": value})
     _write_csv(results / "per_threshold.csv", per_threshold)
 
     mean = {m: float(np.mean([r[m] for r in fold_rows])) for m in METRICS} if fold_rows else {}
@@ -228,6 +234,9 @@ Submission (float32 TIFF, 1 = cell): `{Path(summary.get('submission', '')).name}
     if lr_table:
         text += f"\n## Learning-rate search\n\n{lr_table}\n"
     text += "\n## Figures\n\n" + "\n".join(f"![{Path(f).stem}]({f})" for f in made) + "\n"
+    notes = results / "NOTES.md"  # hand-written remarks, kept when the report is regenerated
+    if notes.is_file():
+        text += "\n" + notes.read_text()
     (results / "README.md").write_text(text)
     (results / "summary.json").write_text(json.dumps(
         {k: v for k, v in summary.items() if k != "folds"} | {"cv_mean": mean, "cv_std": std}, indent=2) + "\n")
