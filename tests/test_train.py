@@ -279,8 +279,9 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_torch_compile_matches_the_plain_path(tiny_data, tmp_path):
-    plain = run_variant(tiny_data, tmp_path, "plain")
-    fast = run_variant(tiny_data, tmp_path, "compiled", compile=True)
+    # without dropout: compiled code draws dropout masks with its own RNG, not eager's
+    plain = run_variant(tiny_data, tmp_path, "plain", dropout=0.0)
+    fast = run_variant(tiny_data, tmp_path, "compiled", dropout=0.0, compile=True)
     np.testing.assert_allclose(losses(fast), losses(plain), rtol=1e-4)
 
 
