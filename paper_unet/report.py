@@ -161,7 +161,7 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     _write_csv(results / "cv_folds.csv", fold_rows)
     per_threshold = []
     for k, s in sorted(folds.items()):
-        for metric, key in PER_THRESHOLD.items():
+        for key in PER_THRESHOLD.values():
             for i, value in enumerate(s[key]):
                 per_threshold.append({"fold": int(k), "metric": key, "threshold": repr(THRESHOLDS[i]),
                                       "value": value})

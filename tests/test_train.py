@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ISBI_DIR, REPO
+from conftest import REPO
 from paper_unet.config import Config, config_from_dict, load_config, profiles
 from paper_unet.loss import weighted_cross_entropy
 from paper_unet.train import (TrainingDiverged, load_checkpoint, model_from_checkpoint,
