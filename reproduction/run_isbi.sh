@@ -32,6 +32,7 @@ TXT
 
 die() { echo "run_isbi.sh: error: $*" >&2; echo "Try: bash reproduction/run_isbi.sh --help" >&2; exit 2; }
 
+original_args="$*"
 profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -90,7 +91,7 @@ if [ "$gpus" -gt 1 ]; then
   [ "$visible" -ge "$gpus" ] || die "--gpus $gpus asked for, but this machine has $visible CUDA GPU(s)"
 fi
 start=$(date +%s)
-cmdline="bash reproduction/run_isbi.sh ${*:-} (profile $profile)"
+cmdline="bash reproduction/run_isbi.sh $original_args (profile $profile)"
 if [ "$gpus" -gt 1 ] && [ "$parallel_folds" = 1 ]; then
   folds=$("$py" -c "from paper_unet.config import load_config; print(load_config('$profile').run.folds)")
   pids=()

@@ -217,6 +217,7 @@ def test_run_isbi_smoke_end_to_end_writes_every_artefact(isbi_dir, tmp_path):
         assert (results / name).is_file(), name
     readme = (results / "README.md").read_text()
     assert "u-net (paper)" in readme and "NOT the paper setting" in readme and "commit" in readme
+    assert "run_isbi.sh --profile smoke --data-dir" in readme  # the command is recorded with its options
     import tifffile
     submission = tifffile.imread(tmp_path / "run" / "submission" / "test-volume-probabilities.tif")
     assert submission.shape == (30, 512, 512) and submission.dtype == np.float32
