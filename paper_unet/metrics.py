@@ -36,6 +36,8 @@ __all__ = [
     "vinfo_thinned",
     "evaluate",
     "Evaluation",
+    "check_binary",
+    "cells",
 ]
 
 
@@ -76,15 +78,21 @@ def _as_stacks(proposal, ground_truth) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = float(proposal.min()), float(proposal.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"proposal values must lie in [0, 1] (1 = cell), got [{lo:.4g}, {hi:.4g}]")
-    values = np.unique(ground_truth)
+    return proposal, check_binary(ground_truth, "ground truth")
+
+
+def check_binary(labels: np.ndarray, what: str = "labels") -> np.ndarray:
+    """``labels > 0`` if ``labels`` is binary (0 = membrane, one positive value = cell), else ValueError."""
+    values = np.unique(labels)
     if len(values) > 2 or (len(values) == 2 and values[0] != 0) or (values < 0).any():
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-        raise ValueError(f"ground truth must be binary (0 = membrane, one positive value = cell), "
+        raise ValueError(f"{what} must be binary (0 = membrane, one positive value = cell), "
                          f"found values {{{shown}}}")
-    return proposal, ground_truth > 0
+    return labels > 0
 
 
-def _cc4(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def cells(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cells: the 4-connected components of a boolean mask, labelled 1..count (0 = membrane)."""
     labels, count = ndimage.label(mask, structure=_FOUR)
     return labels.astype(np.int32, copy=False), int(count)
 
@@ -393,7 +401,7 @@ def _warping_errors_slice(truth: np.ndarray, proposal: np.ndarray, thresholds) -
         ys, xs = ys[order] + 1, xs[order] + 1
         remaining = _relax(source, ys, xs, SIMPLE_POINT, _RING_DY, _RING_DX)
         warped = source[1:-1, 1:-1]
-        labels, _ = _cc4(warped)
+        labels, _ = cells(warped)
         splits, merges = _count_splits_and_mergers(warped, labels, ys[remaining] - 1,
                                                    xs[remaining] - 1, WARPING_WINDOW_RADIUS)
         counts.append(splits + merges)
@@ -434,13 +442,13 @@ def _nanmean(values: list[float]) -> float:
 
 def _segmentation_scores(proposal, truth, thresholds, thinned: bool, want_rand: bool):
     """Per threshold: Rand F (stack sums) and the per-slice means of V_rand and V_info."""
-    gt_labels = [_cc4(g)[0] for g in truth]
+    gt_labels = [cells(g)[0] for g in truth]
     rand, vrand, vinfo = [], [], []
     for t in thresholds:
         tp = a = b = 0.0
         vr, vi = [], []
         for z in range(truth.shape[0]):
-            seg, _ = _cc4(proposal[z] > np.float64(t))
+            seg, _ = cells(proposal[z] > np.float64(t))
             if want_rand:
                 pairs = _pair_counts(gt_labels[z], seg)
                 if pairs is not None:

@@ -199,6 +199,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     ``torchrun`` the processes train one model together (see `distributed`); only rank 0 logs,
     validates and writes checkpoints, and every rank resumes from them.
     """
+    import torch.distributed as dist
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -265,8 +266,6 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         """Rank 0 writes; with ``gather`` (collective: every rank calls it) all ranks' RNG states."""
         rng = [_rng_state(device)]
         if world > 1 and gather:  # every rank's RNG, so that a resumed run continues each stream exactly
-            import torch.distributed as dist
-
             rng = [None] * world
             dist.all_gather_object(rng, {k: v.cpu() for k, v in _rng_state(device).items()})
         if main:
@@ -296,8 +295,6 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             count += 1
             if (it + 1) % r.log_every == 0 or it + 1 == end:  # one host sync per log interval
                 if world > 1:
-                    import torch.distributed as dist
-
                     dist.all_reduce(running)
                     running = running / world
                 last_loss = running.item() / count

@@ -25,10 +25,11 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from paper_unet.metrics import cells, check_binary
+
 __all__ = ["weight_map", "estimate_class_weights", "border_weights", "TOLERANCE"]
 
 TOLERANCE = 1e-7
-_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 _INF = 1e20
 
 
@@ -46,11 +47,7 @@ def _check_label(label: np.ndarray) -> np.ndarray:
     if not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
         raise TypeError(f"label must be an integer or bool array (0 = membrane, > 0 = cell), "
                         f"got {label.dtype}")
-    values = np.unique(label)
-    if len(values) > 2 or (len(values) == 2 and values[0] != 0) or (values < 0).any():
-        raise ValueError(f"label must be binary (0 = membrane, one positive value = cell), "
-                         f"found values {values[:6].tolist()}")
-    return label > 0
+    return check_binary(label, "label")
 
 
 @numba.njit(cache=True)
@@ -139,14 +136,14 @@ def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> n
     cell = _check_label(label)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    cells, count = ndimage.label(cell, structure=_FOUR)
+    labels, count = cells(cell)
     term = np.zeros(cell.shape)
     if count < 2 or w0 == 0:
         return term
     boxes = np.array([[s[0].start, s[0].stop, s[1].start, s[1].stop]
-                      for s in ndimage.find_objects(cells)], dtype=np.int64)
+                      for s in ndimage.find_objects(labels)], dtype=np.int64)
     radius = _cutoff(abs(w0), sigma)
-    best1, best2 = _two_nearest(cells.astype(np.int64), boxes, radius)
+    best1, best2 = _two_nearest(labels.astype(np.int64), boxes, radius)
     near = ~cell & (best2 < _INF)
     d = np.sqrt(best1[near]) + np.sqrt(best2[near])
     term[near] = w0 * np.exp(-(d * d) / (2.0 * sigma * sigma))

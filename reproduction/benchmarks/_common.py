@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from paper_unet.reproduce import provenance
 
 REPO = Path(__file__).resolve().parents[2]
 STARTED = time.perf_counter()
@@ -19,28 +17,15 @@ ISBI_DIR = Path(os.environ.get("PAPER_UNET_SHARED", REPO.parent / "shared")) / "
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads){gpu}, Python {platform.python_version()}")
+    p = provenance()
+    gpu = f", GPU {p['gpu']}" if p["gpu"] else ", no GPU"
+    return (f"{p['cpu']}, {p['cpu_cores']} cores, torch {p['torch']} ({p['torch_threads']} threads)"
+            f"{gpu}, Python {p['python']}")
 
 
 def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "paper_unet"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    p = provenance()
+    return p["commit"][:7] + ("+dirty" if p["dirty"] else "")
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
