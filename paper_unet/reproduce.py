@@ -9,6 +9,7 @@ metrics on the held-out block), a final model on all 30 slices, the test-volume 
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import subprocess
@@ -61,36 +62,54 @@ def _evaluate_stack(probabilities: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[float],
-                       iterations: int, fold: int = 0, progress: bool = True) -> list[dict]:
-    """Short runs per learning rate on one fold; validation pixel and Rand error at the end."""
+                       iterations: int, fold: int = 0, progress: bool = True, *,
+                       keep_schedule: bool = False, validate_every: int | None = None,
+                       command: str | None = None) -> list[dict]:
+    """Short runs per learning rate on one fold; validation pixel and Rand error (no TTA).
+
+    By default each run is a complete short schedule of ``iterations`` steps (its decay included).
+    With ``keep_schedule`` the profile's own schedule is kept and every run stops after
+    ``iterations`` steps: these are the first steps of the real run (no decay before
+    ``optim.lr_decay_at`` of the profile's iterations). Validation runs every ``validate_every``
+    steps (default: once, at the end). ``lr_search.json`` is rewritten after every rate, so a
+    search cut short keeps the rates it finished.
+    """
     from paper_unet.config import config_from_dict
     from paper_unet.train import TrainingDiverged, train
 
     train_idx, val_idx = cv_folds(len(isbi.train_images), config.run.folds)[fold]
+    every = validate_every or iterations
     rows = []
     for lr in rates:
         values = config.to_dict()
-        values["optim"].update(lr=lr, iterations=iterations)
-        values["run"].update(validate_every=iterations, checkpoint_every=iterations)
+        values["optim"]["lr"] = lr
+        if not keep_schedule:
+            values["optim"]["iterations"] = iterations
+        values["run"].update(validate_every=every, checkpoint_every=every)
         trial = config_from_dict(values)
         start = time.perf_counter()
         row = {"lr": lr, "iterations": iterations, "fold": fold}
+        run_dir = out / f"lr_{lr:g}"
         try:
             result = train(trial, isbi.train_images[train_idx], isbi.train_labels[train_idx],
-                           out / f"lr_{lr:g}", val_images=isbi.train_images[val_idx],
-                           val_labels=isbi.train_labels[val_idx], progress=progress)
-            with open(out / f"lr_{lr:g}" / "val_log.csv") as handle:
-                last = handle.read().strip().splitlines()[-1].split(",")
-            row.update(final_loss=result.last_loss, val_pixel_error=float(last[1]),
-                       val_rand_error=float(last[2]), status="ok")
+                           run_dir, val_images=isbi.train_images[val_idx],
+                           val_labels=isbi.train_labels[val_idx], progress=progress,
+                           stop_after=iterations if keep_schedule else None)
+            row.update(final_loss=result.last_loss, status="ok")
         except TrainingDiverged as error:
-            row.update(final_loss=float("nan"), val_pixel_error=float("nan"),
-                       val_rand_error=float("nan"), status=f"diverged: {error}")
+            row.update(final_loss=float("nan"), status=f"diverged: {error}")
+        with open(run_dir / "val_log.csv") as handle:
+            validations = list(csv.DictReader(handle))
+        row["validation"] = [{k: float(v) for k, v in entry.items()} for entry in validations]
+        done = validations[-1] if validations and row["status"] == "ok" else None
+        row["val_pixel_error"] = float(done["pixel_error"]) if done else float("nan")
+        row["val_rand_error"] = float(done["rand_error"]) if done else float("nan")
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    (out / "lr_search.json").write_text(json.dumps({"config": config.to_dict(), "rows": rows,
-                                                    "provenance": provenance()}, indent=2) + "\n")
+        (out / "lr_search.json").write_text(json.dumps(
+            {"config": config.to_dict(), "keep_schedule": keep_schedule, "rows": rows,
+             "provenance": provenance(command)}, indent=2) + "\n")
     return rows
 
 
