@@ -7,8 +7,10 @@
     10 pixels standard deviation. Per-pixel displacements are then computed using bicubic
     interpolation."
 
-Our reading (SPEC section 2, Decision): the 3x3 grid nodes span the output tile (corners on the
-tile's corners); a random flip, a rotation by a uniform angle, a shift (a uniformly drawn tile
+Our reading (SPEC section 2, Decision): the 3x3 grid nodes span the *input* tile the network sees
+(corners on its corners), so the labelled output region in its centre sees the interpolated
+interior of the field (for 572 -> 388, a corner node's displacement arrives at the output tile's
+corners at about half its size); a random flip, a rotation by a uniform angle, a shift (a uniformly drawn tile
 centre) and the elastic field are composed into **one** sampling grid; each array is resampled
 once through it: the image bicubic, the labels nearest, the weights bilinear, and outside the
 slice everything is mirrored (reflect, edge pixel not repeated). Gray values: a random gamma,
@@ -16,6 +18,9 @@ contrast and brightness (ranges in `AugmentConfig`), clipped to [0, 1].
 
 Written in torch, so the same code runs on the CPU and on the training GPU; every sample is drawn
 from its own seeded generator, so results are reproducible and independent of worker layout.
+`augment` is the plain one-sample path; `augment_batch` does the same for a batch of samples in
+one pass on the training device (the parameters are still drawn per sample on the host), and
+equals `augment` sample for sample (tests).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "AugmentParams", "draw_params", "sampling_grid", "resample", "augment"]
+__all__ = ["AugmentConfig", "AugmentParams", "draw_params", "sampling_grid", "resample", "augment",
+           "augment_batch"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ def resample(array: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor
 
 def gray_values(image: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Gamma, then contrast around 0.5, then brightness; clipped to [0, 1]."""
-    if params.gamma == 1.0 and params.contrast == 1.0 and params.brightness == 0.0:
+    if _is_identity_gray(params):
         return image
     out = image.clamp(0, 1).pow(params.gamma)
     out = (out - 0.5) * params.contrast + 0.5 + params.brightness
@@ -139,3 +145,59 @@ def augment(image: torch.Tensor, label: torch.Tensor | None, weight: torch.Tenso
     label_tile = resample(label, inner, "nearest") if label is not None else None
     weight_tile = resample(weight, inner, "bilinear") if weight is not None else None
     return image_tile, label_tile, weight_tile
+
+
+def _is_identity_gray(params: AugmentParams) -> bool:
+    return params.gamma == 1.0 and params.contrast == 1.0 and params.brightness == 0.0
+
+
+def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor | None,
+                  params: list[AugmentParams], tile: int, out_tile: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """`augment` for a batch, in one pass on the device of ``images``.
+
+    Args:
+        images, labels, weights: (N, H, W) source slices, one per sample (a slice may repeat);
+            labels and weights may be None.
+        params: N parameter draws (`draw_params`), as for `augment`.
+    Returns (N, tile, tile) images and (N, out_tile, out_tile) labels and weights: the same values
+    as N calls of `augment` (the same float32 operations, batched).
+    """
+    n = len(params)
+    if images.ndim != 3 or images.shape[0] != n:
+        raise ValueError(f"images {tuple(images.shape)} must be (N, H, W) with N = {n} parameter draws")
+    device = images.device
+    height, width = images.shape[-2:]
+    c = (tile - 1) / 2
+    axis = torch.arange(tile, dtype=torch.float32, device=device) - c
+    v, u = torch.meshgrid(axis, axis, indexing="ij")
+
+    def column(values: list[float]) -> torch.Tensor:  # (N, 1, 1) float32, rounded like a scalar
+        return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)[:, None, None]
+
+    flips = torch.tensor([p.flip for p in params]).to(device, non_blocking=True)[:, None, None]
+    u = torch.where(flips, -u, u)
+    cos = column([math.cos(p.angle) for p in params])
+    sin = column([math.sin(p.angle) for p in params])
+    displacement = torch.stack([p.displacement for p in params]).to(device, non_blocking=True)
+    field = F.interpolate(displacement, size=(tile, tile), mode="bicubic", align_corners=True)
+    y = column([p.center[0] for p in params]) + cos * v + sin * u + field[:, 0]
+    x = column([p.center[1] for p in params]) - sin * v + cos * u + field[:, 1]
+    grid = torch.stack([2 * x / max(width - 1, 1) - 1, 2 * y / max(height - 1, 1) - 1], dim=-1)
+
+    def sample(array: torch.Tensor, where: torch.Tensor, mode: str) -> torch.Tensor:
+        return F.grid_sample(array[:, None].float(), where, mode=mode, padding_mode="reflection",
+                             align_corners=True)[:, 0]
+
+    image_tiles = sample(images, grid, "bicubic").clamp(0, 1)
+    changed = [i for i, p in enumerate(params) if not _is_identity_gray(p)]
+    if changed:  # gray values only where drawn: (x - 0.5) + 0.5 is not exact in float32
+        part = image_tiles[changed].pow(column([params[i].gamma for i in changed]))
+        part = (part - 0.5) * column([params[i].contrast for i in changed]) + 0.5
+        part = (part + column([params[i].brightness for i in changed])).clamp(0, 1)
+        image_tiles = image_tiles.index_copy(0, torch.tensor(changed, device=device), part)
+    margin = (tile - out_tile) // 2
+    inner = grid[:, margin : margin + out_tile, margin : margin + out_tile]
+    label_tiles = sample(labels, inner, "nearest") if labels is not None else None
+    weight_tiles = sample(weights, inner, "bilinear") if weights is not None else None
+    return image_tiles, label_tiles, weight_tiles

@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "every stack (shape, dtype, binary labels, SHA-256 of the pixels) and unpack it. "
                     "Prints the data's terms of use and the citations it requires.")
     download.add_argument("--data-dir", help="destination (default: $PAPER_UNET_DATA, else "
-                                             "~/.cache/paper_unet/isbi2012)")
+                                             "$XDG_CACHE_HOME/paper_unet/isbi2012, or "
+                                             "~/.cache/paper_unet/isbi2012 when XDG_CACHE_HOME is unset)")
     download.add_argument("--url", help="archive URL (default: the official imagej.net address)")
     download.add_argument("--archive", help="use an already downloaded ISBI-2012-challenge.zip")
     download.add_argument("--quiet", action="store_true", help="no progress bar")

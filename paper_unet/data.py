@@ -79,7 +79,8 @@ def pixel_sha256(array: np.ndarray) -> str:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """``--data-dir`` if given, else $PAPER_UNET_DATA, else ~/.cache/paper_unet/isbi2012."""
+    """``--data-dir`` if given, else $PAPER_UNET_DATA, else $XDG_CACHE_HOME/paper_unet/isbi2012
+    (~/.cache/paper_unet/isbi2012 when XDG_CACHE_HOME is unset)."""
     if data_dir:
         return Path(data_dir).expanduser()
     if os.environ.get("PAPER_UNET_DATA"):

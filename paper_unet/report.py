@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report", "PAPER_TABLE1"]
+__all__ = ["write_report", "PAPER_TABLE1", "prediction_method", "single_tile"]
 
 # Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
 PAPER_TABLE1 = [
@@ -24,6 +24,18 @@ METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo
 PER_THRESHOLD = {"pixel_error": "pixel_fscore_per_threshold", "rand_error": "rand_fscore_per_threshold",
                  "warping_error": "warping_error_per_threshold",
                  "vrand_thinned": "vrand_thinned_per_threshold", "vinfo_thinned": "vinfo_thinned_per_threshold"}
+
+
+def prediction_method(config: dict) -> str:
+    """How the run predicts, from its config: "overlap-tile + TTA" or "overlap-tile, no TTA"."""
+    return "overlap-tile + TTA (8 dihedral views)" if config["run"]["tta"] else "overlap-tile, no TTA"
+
+
+def single_tile(config: dict, slice_size: int = 512) -> int:
+    """The smallest valid input tile covering a slice (700 for 512 px at depth 5)."""
+    from paper_unet.tiling import valid_input_size
+
+    return valid_input_size(slice_size, config["model"]["depth"])
 
 
 def _fmt(value: float | None, digits: int = 6) -> str:
@@ -107,7 +119,7 @@ def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> 
         fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
         for ax, shown, title in zip(axes, (image, label, prob),
                                     (f"training slice {k0} (held out in fold 0)", "labels (white = cell)",
-                                     "predicted P(cell), overlap-tile + TTA")):
+                                     f"predicted P(cell), {prediction_method(summary['config'])}")):
             ax.imshow(shown, cmap="gray")
             ax.set_title(title)
             ax.axis("off")
@@ -156,6 +168,10 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     config, prov = summary["config"], summary["provenance"]
     cpu_run = summary.get("device", "cpu").startswith("cpu")
 
+    block_sizes = sorted({len(s["val_slices"]) for s in folds.values()})
+    n_slices = sum(len(s["val_slices"]) for s in folds.values())
+    blocks = (f"{len(folds)} contiguous blocks of {' or '.join(map(str, block_sizes))} training slices"
+              if folds else f"{config['run']['folds']} folds")
     fold_rows = [{"fold": int(k), "val_slices": f"{s['val_slices'][0]}-{s['val_slices'][-1]}",
                   **{m: s[m] for m in METRICS}} for k, s in sorted(folds.items())]
     _write_csv(results / "cv_folds.csv", fold_rows)
@@ -182,7 +198,7 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
               "|---|---|---|---|---|---|---|"]
     table1 += [f"| {rank} | {group} | {w:.6f} | {r:.4f} | {p:.4f} | - | - |" for rank, group, w, r, p in PAPER_TABLE1]
     if fold_rows:
-        table1.append(f"| - | {label}: 3-fold CV on the 30 training slices | {mean['warping_error']:.6f} | "
+        table1.append(f"| - | {label}: {len(fold_rows)}-fold CV on the {n_slices} training slices | {mean['warping_error']:.6f} | "
                       f"{mean['rand_error']:.4f} | {mean['pixel_error']:.4f} | {mean['vrand_thinned']:.4f} | "
                       f"{mean['vinfo_thinned']:.4f} |")
     test = summary.get("test")
@@ -213,9 +229,9 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
 | wall time | {total_min:.1f} min in all stages ({", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")}) |
 | network | UNet base_channels {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}, variant {m['variant']} |
 | training | tile {d['tile']}, SGD lr {o['lr']:g} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
-| inference | overlap-tile, one tile per slice (the smallest valid one covering 512 px: 700 at depth 5), TTA {"8 dihedral transforms" if config['run']['tta'] else "off"} |
+| inference | {prediction_method(config)}; one tile per slice (the smallest valid one covering 512 px: {single_tile(config)} at depth {m['depth']}) |
 
-## Cross-validation (3 contiguous blocks of 10 training slices; last checkpoint of each fold)
+## Cross-validation ({blocks}; last checkpoint of each fold)
 
 {chr(10).join(cv) if fold_rows else "(no folds)"}
 

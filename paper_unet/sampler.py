@@ -7,8 +7,14 @@
 drawn from the training slices through the augmentation of `paper_unet.augment`; the output size
 follows the network (`tiling.output_size`). Weight maps (Eq. 2) are computed once per slice with
 class weights estimated over all training slices, and warped with the image. Sample ``i`` comes
-from its own generator seeded by (seed, stream, i): deterministic, and the same whichever worker
-or process draws it.
+from its own generator seeded by (seed, stream, i): deterministic, and the same whichever worker,
+process or device draws it.
+
+Augmentation on the training device: the slices, labels and weight maps are moved to ``device``
+once; `TileSampler.batch` draws each sample's parameters on the host (a few numbers per sample)
+and builds the sampling grids and the three resamplings for the whole batch on the device
+(`augment.augment_batch`). On a GPU these kernels are queued asynchronously, so the host draws
+the next step's parameters while the device is still busy with the current step.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from paper_unet.augment import AugmentConfig, augment, draw_params
+from paper_unet.augment import AugmentConfig, AugmentParams, augment_batch, draw_params
 from paper_unet.tiling import check_input_size, output_size
 from paper_unet.weights import estimate_class_weights, weight_map
 
@@ -40,28 +46,31 @@ class TileSampler(Dataset):
         seed, stream: seed of the whole sequence, and a stream id (the rank under DDP).
         augment_config: `AugmentConfig`; None disables augmentation (centred, unwarped tiles).
         w0, sigma: Eq. 2 parameters.
+        device: where the slices live and the augmentation runs (the training device).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, tile: int = 572, depth: int = 5,
                  length: int = 1000, seed: int = 0, stream: int = 0,
                  augment_config: AugmentConfig | None = AugmentConfig(),
-                 w0: float = 10.0, sigma: float = 5.0) -> None:
+                 w0: float = 10.0, sigma: float = 5.0, device: torch.device | str = "cpu") -> None:
         if images.shape != labels.shape or images.ndim != 3:
             raise ValueError(f"images {images.shape} and labels {labels.shape} must be equal (N, H, W)")
         self.tile = check_input_size(tile, depth)
         self.out_tile = output_size(tile, depth)
         self.length, self.seed, self.stream = int(length), int(seed), int(stream)
         self.config = augment_config
-        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)
-        self.labels = torch.from_numpy((labels > 0).astype(np.float32))
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).to(self.device)
+        self.labels = torch.from_numpy((labels > 0).astype(np.float32)).to(self.device)
         self.class_weights = estimate_class_weights(labels > 0)
         self.weights = torch.from_numpy(np.stack(
-            [weight_map(label, w0, sigma, self.class_weights) for label in labels]))
+            [weight_map(label, w0, sigma, self.class_weights) for label in labels])).to(self.device)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(self, index: int) -> tuple[int, AugmentParams]:
+        """Sample ``index``'s slice and augmentation parameters, from its own seeded generator."""
         if not 0 <= index < self.length:
             raise IndexError(index)
         generator = torch.Generator().manual_seed(sample_seed(self.seed, index, self.stream))
@@ -69,7 +78,17 @@ class TileSampler(Dataset):
         shape = tuple(self.images.shape[-2:])
         config = self.config or AugmentConfig(rotate=False, flip=False, shift=False, elastic_std=0.0,
                                               gamma=(1, 1), contrast=(1, 1), brightness=(0, 0))
-        params = draw_params(config, shape, generator)
-        image, label, weight = augment(self.images[z], self.labels[z], self.weights[z], params,
-                                       self.tile, self.out_tile)
-        return image[None], label.round().long(), weight
+        return z, draw_params(config, shape, generator)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Samples ``indices`` stacked on the device: (N, 1, tile, tile) images, (N, out, out) int64
+        labels and float32 weights, one augmentation pass for the batch."""
+        draws = [self.draw(int(i)) for i in indices]
+        slices = torch.tensor([z for z, _ in draws]).to(self.device, non_blocking=True)
+        image, label, weight = augment_batch(self.images[slices], self.labels[slices], self.weights[slices],
+                                             [p for _, p in draws], self.tile, self.out_tile)
+        return image[:, None], label.round().long(), weight
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, label, weight = self.batch([index])
+        return image[0], label[0], weight[0]

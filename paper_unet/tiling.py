@@ -12,15 +12,15 @@ output pixel is computed from 92 px of context on each side.
 Exactness (Decision). Because of the 2x2 pools, the network is equivariant to shifts by multiples
 of 2**(depth-1) = 16 px, not to every shift. `predict` therefore places every tile so that its
 output starts at a multiple of 16 in image coordinates, all tiles sharing the origin of one
-conceptual whole-image pass over the mirror-padded image. Any tile size then gives the same
-probabilities as that single pass (up to float rounding), which the tests check.
+conceptual whole-image pass over the mirror-padded image. Any tile size whose output is at least
+16 px (input >= 204 at depth 5) then gives the same probabilities as that single pass (up to float
+rounding), which the tests check; smaller tiles cannot sit on the 16-px grid and raise.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -125,12 +125,16 @@ def valid_input_size(min_output: int, depth: int = 5) -> int:
 def mirror_pad(image: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
     """Extend the last two axes by mirroring (edge pixel not repeated, numpy ``reflect``).
 
-    Pads wider than the image are filled by repeated reflection. A 1-pixel axis is repeated.
+    Pads wider than the image are filled by repeated reflection. An axis of 1 pixel is repeated
+    instead (``symmetric``: reflect is undefined there); the other axis is still reflected.
     """
-    pad_width = [(0, 0)] * (image.ndim - 2) + [tuple(p) for p in pad]
-    if min(image.shape[-2:]) < 2:
-        return np.pad(image, pad_width, mode="symmetric")  # reflect is undefined for 1 px
-    return np.pad(image, pad_width, mode="reflect")
+    lead = [(0, 0)] * (image.ndim - 2)
+    for axis, (before, after) in enumerate(pad):
+        pad_width = lead + [(0, 0), (0, 0)]
+        pad_width[image.ndim - 2 + axis] = (before, after)
+        mode = "reflect" if image.shape[image.ndim - 2 + axis] >= 2 else "symmetric"
+        image = np.pad(image, pad_width, mode=mode)
+    return image
 
 
 def tile_starts(length: int, tile_output: int, period: int) -> list[int]:
@@ -188,15 +192,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def _tiles(starts_y: list[int], starts_x: list[int], batch_size: int) -> Iterator[list[tuple[int, int]]]:
-    positions = [(y, x) for y in starts_y for x in starts_x]
-    for i in range(0, len(positions), batch_size):
-        yield positions[i : i + batch_size]
-
-
-def _logits(model: torch.nn.Module, image: np.ndarray, tile_size: int | None,
-            batch_size: int, device: torch.device) -> np.ndarray:
-    """Logits (C, H, W) of ``model`` for ``image``, equal to one whole-image pass."""
+def _plan(model: torch.nn.Module, image: np.ndarray, tile_size: int | None):
+    """Tile plan of one image: the mirror-padded image, tile edges and the output offsets."""
     depth = model.depth
     height, width = image.shape
     if tile_size is None:  # one tile, possibly non-square, that covers the whole image
@@ -208,14 +205,40 @@ def _logits(model: torch.nn.Module, image: np.ndarray, tile_size: int | None,
     ys, xs = tile_starts(height, out_h, period), tile_starts(width, out_w, period)
     padded = mirror_pad(image, ((margin, ys[-1] + out_h - height + margin),
                                 (margin, xs[-1] + out_w - width + margin)))
-    result = np.empty((model.num_classes, height, width), dtype=np.float32)
-    for batch in _tiles(ys, xs, batch_size):
-        tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in batch])[:, None]
-        logits = model(torch.from_numpy(tiles).to(device)).float().cpu().numpy()
-        for (y, x), tile_logits in zip(batch, logits):
-            h, w = min(out_h, height - y), min(out_w, width - x)
-            result[:, y : y + h, x : x + w] = tile_logits[:, :h, :w]
-    return result
+    return padded, (tile_h, tile_w), (out_h, out_w), [(y, x) for y in ys for x in xs]
+
+
+def _summed_logits(model: torch.nn.Module, image: np.ndarray, transforms: list[tuple[int, bool]],
+                   tile_size: int | None, batch_size: int, device: torch.device) -> np.ndarray:
+    """Sum over ``transforms`` of the back-transformed logits (C, H, W) float64.
+
+    For each transform, the logits of the transformed image equal one whole-image pass over it.
+    The tiles of all views are batched together: tiles of the same shape are ordered by position,
+    then by view, so the 8 dihedral views of a square tile go through the network side by side
+    (one forward pass when ``batch_size`` >= 8). Batching changes no tile's input.
+    """
+    views = [np.ascontiguousarray(_apply(image, transform)) for transform in transforms]
+    plans = [_plan(model, view, tile_size) for view in views]
+    results = [np.empty((model.num_classes, *view.shape), dtype=np.float32) for view in views]
+    jobs: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+    for v, (_, tile, _, positions) in enumerate(plans):
+        for p, (y, x) in enumerate(positions):
+            jobs.setdefault(tile, []).append((p, v, y, x))
+    for (tile_h, tile_w), group in jobs.items():
+        group.sort()
+        for i in range(0, len(group), batch_size):
+            batch = group[i : i + batch_size]
+            tiles = np.stack([plans[v][0][y : y + tile_h, x : x + tile_w] for _, v, y, x in batch])
+            logits = model(torch.from_numpy(tiles[:, None]).to(device)).float().cpu().numpy()
+            for (_, v, y, x), tile_logits in zip(batch, logits):
+                out_h, out_w = plans[v][2]
+                height, width = views[v].shape
+                h, w = min(out_h, height - y), min(out_w, width - x)
+                results[v][:, y : y + h, x : x + w] = tile_logits[:, :h, :w]
+    total = np.zeros((model.num_classes, *image.shape), dtype=np.float64)
+    for transform, result in zip(transforms, results):
+        total += _invert(result, transform)
+    return total
 
 
 def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None = None,
@@ -228,11 +251,14 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
         image: (H, W) float array in [0, 1]; any size, also smaller than one tile, non-square.
         tile_size: edge of the square *input* tile, a valid input size (e.g. 572). None uses the
             smallest single tile that covers the image (700 for a 512x512 ISBI slice). Every tile
-            size gives the same result as one whole-image pass.
+            size whose output is at least the 16-px pooling period (input >= 204 at depth 5) gives
+            the same result as one whole-image pass; a smaller tile that would need several tiles
+            raises a ValueError (it cannot be placed on the 16-px grid).
         tta: test-time augmentation (Decision: the paper averages "7 rotated versions of the
             input data" without saying which; we average the logits of the 8 dihedral transforms,
             identity included, then apply the softmax).
-        batch_size: tiles per forward pass.
+        batch_size: tiles per forward pass. With ``tta`` the views of one tile position are
+            batched together: 8 passes the 8 views of a square tile as one batch.
         device: where to run; default: the device of the model's parameters.
     """
     if not hasattr(model, "depth") or not hasattr(model, "num_classes"):
@@ -250,10 +276,7 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
     model.eval()
     try:
         with torch.inference_mode():
-            total = np.zeros((model.num_classes, *image.shape), dtype=np.float64)
-            for transform in transforms:
-                view = np.ascontiguousarray(_apply(image, transform))
-                total += _invert(_logits(model, view, tile_size, batch_size, device), transform)
+            total = _summed_logits(model, image, transforms, tile_size, batch_size, device)
             mean_logits = torch.from_numpy(total / len(transforms))
             return torch.softmax(mean_logits, dim=0).numpy().astype(np.float32)
     finally:
@@ -261,12 +284,15 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
 
 
 def predict_stack(model: torch.nn.Module, images: np.ndarray, *, tile_size: int | None = None,
-                  tta: bool = False, batch_size: int = 4, device: torch.device | str | None = None,
-                  progress: bool = True) -> np.ndarray:
+                  tta: bool = False, batch_size: int | None = None,
+                  device: torch.device | str | None = None, progress: bool = True) -> np.ndarray:
     """P(cell) (class 1) for every slice of a uint8 (Z, H, W) or float [0, 1] stack: float32 (Z, H, W).
 
-    This is the challenge's submission format (1 = cell, 0 = membrane).
+    This is the challenge's submission format (1 = cell, 0 = membrane). ``batch_size`` (tiles per
+    forward pass) defaults to 8 with TTA (the 8 views of a tile in one pass), else 4.
     """
+    if batch_size is None:
+        batch_size = 8 if tta else 4
     from tqdm import tqdm
 
     images = np.asarray(images)

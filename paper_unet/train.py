@@ -7,10 +7,17 @@
     determine the update in the current optimization step."
 
 Nothing is lost: checkpoints (``last.pt`` every ``checkpoint_every`` iterations, ``best.pt`` at
-the best validation Rand error) are written atomically and hold the model, the optimiser, the RNG
-state and the resolved config; ``resume=True`` continues a killed run exactly (the training
-samples are a deterministic function of the seed and the iteration). Checkpoints load with
-``torch.load(weights_only=True)``, so a downloaded checkpoint cannot run code.
+the best validation Rand error) are written atomically and hold the model, the optimiser, every
+rank's RNG state, the loss monitors (the divergence and collapse checks' running values and the
+partial loss sum of the current log interval) and the resolved config. ``resume=True`` continues a
+killed run from its last checkpoint exactly: the same weights, the same training samples (a
+deterministic function of the seed and the iteration), the same dropout masks, the same logged
+losses and the same stop decisions as an uninterrupted run. Only the wall-clock ``seconds`` differ.
+Checkpoints load with ``torch.load(weights_only=True)``, so a downloaded checkpoint cannot run code.
+
+The step is free of host synchronisation: the training tiles are augmented on the training device
+(`TileSampler.batch`), and the loss is read back only once per log interval (``run.log_every``),
+where the divergence and collapse checks run.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from paper_unet.model import UNet
 from paper_unet.sampler import TileSampler
 from paper_unet.tiling import predict_stack
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "build_model",
+__all__ = ["train", "train_step", "TrainResult", "TrainingDiverged", "resolve_device", "build_model", "collective_spread",
            "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "validate"]
 
 LOG_FIELDS = ["iteration", "loss", "lr", "seconds"]
@@ -56,6 +63,23 @@ def output_spread(logits: torch.Tensor) -> float:
     return float(margin.detach().float().std())
 
 
+def collective_spread(logits: torch.Tensor, world: int) -> float:
+    """`output_spread`, the smallest over all ranks (collective under DDP: every rank calls it).
+
+    Every rank therefore takes the same collapse decision: a constant output on any rank (the
+    replicas share their weights, so a dead network is dead everywhere) stops all ranks together
+    instead of leaving the others waiting in the next all-reduce.
+    """
+    spread = output_spread(logits)
+    if world > 1:
+        import torch.distributed as dist
+
+        value = torch.tensor([spread], dtype=torch.float64, device=logits.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        spread = float(value.item())
+    return spread
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -64,6 +88,7 @@ class TrainResult:
     best_rand_error: float
     seconds: float
     model: UNet | None = None  # the trained network (in memory; not part of any file)
+    monitors: dict | None = None  # the loss monitors at the end (as saved in checkpoints)
 
 
 def distributed() -> tuple[int, int, int]:
@@ -189,6 +214,26 @@ def learning_rate(config: Config, iteration: int) -> float:
     return o.lr * (o.lr_decay if iteration >= o.lr_decay_at * o.iterations else 1.0)
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, w: torch.Tensor, *, bf16: bool = False,
+               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch of tiles; returns (loss, logits) as device tensors (no host sync).
+
+    ``bf16``: the network runs under bf16 autocast (matrix work in bf16), the loss and its
+    softmax in fp32. ``channels_last``: the input in NHWC memory order (the model's parameters
+    must be converted too). Under DDP, backward() all-reduces (averages) the gradients.
+    """
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        logits = model(x)
+    loss = weighted_cross_entropy(logits, y, w)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
           val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
           resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainResult:
@@ -221,6 +266,10 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay)
     start, best, seconds_before = 0, math.inf, 0.0
+    # running: loss sum of the current log interval, count: its steps; start_loss / smoothed: the
+    # divergence check; flat: log intervals in a row with a constant output (the collapse check)
+    monitors = {"running": 0.0, "count": 0, "start_loss": None, "smoothed": None, "flat": 0,
+                "last_loss": math.nan}
     last = out / "last.pt"
     if resume and last.is_file():
         state = load_checkpoint(last, device)
@@ -235,6 +284,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # 0.1.0 wrote one dict
         _set_rng_state(rng[rank], device)
         start, best, seconds_before = state["iteration"], state["best_rand_error"], state["seconds"]
+        monitors = state.get("monitors", monitors)  # absent in checkpoints before 0.2: restart them
         if main:
             print(f"resuming {out} from iteration {start}", file=sys.stderr)
     elif resume and main:
@@ -251,13 +301,13 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     sampler = TileSampler(images, labels, tile=config.data.tile, depth=config.model.depth,
                           length=o.iterations * o.batch_size, seed=r.seed, stream=rank,
                           augment_config=augment_config(config), w0=config.data.w0,
-                          sigma=config.data.sigma)
+                          sigma=config.data.sigma, device=device)
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if r.bf16 else nullcontext())
     step_model = torch.compile(train_model) if r.compile else train_model
     started = time.perf_counter()
-    running, count, start_loss, smoothed, last_loss, flat = None, 0, None, None, math.nan, 0
+    m = monitors
+    running = torch.tensor(m["running"], dtype=torch.float64, device=device)  # summed on the device
     end = o.iterations if stop_after is None else min(o.iterations, stop_after)
     bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not (progress and main),
                desc=f"train {out.name}", file=sys.stderr, dynamic_ncols=True)
@@ -272,7 +322,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             save_checkpoint(path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
-                "rng": rng, "world_size": world,
+                "rng": rng, "world_size": world, "monitors": {**m, "running": float(running)},
                 "seconds": seconds_before + time.perf_counter() - started,
                 "version": __version__, "torch": str(torch.__version__)})
 
@@ -281,34 +331,28 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             lr = learning_rate(config, it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = [sampler[it * o.batch_size + b] for b in range(o.batch_size)]
-            x, y, w = (torch.stack(t).to(device, non_blocking=True) for t in zip(*batch))
-            if r.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:  # bf16 matrix work, loss and softmax in fp32
-                logits = step_model(x)  # under DDP, backward() all-reduces (averages) the gradients
-            loss = weighted_cross_entropy(logits, y, w)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running = loss.detach() if running is None else running + loss.detach()
-            count += 1
+            x, y, w = sampler.batch(range(it * o.batch_size, (it + 1) * o.batch_size))
+            loss, logits = train_step(step_model, optimizer, x, y, w, bf16=r.bf16,
+                                      channels_last=r.channels_last)
+            running += loss.detach()
+            m["count"] += 1
             if (it + 1) % r.log_every == 0 or it + 1 == end:  # one host sync per log interval
                 if world > 1:
                     dist.all_reduce(running)
-                    running = running / world
-                last_loss = running.item() / count
-                running, count = None, 0
+                    running /= world
+                last_loss = m["last_loss"] = running.item() / m["count"]
+                running.zero_()
+                m["count"] = 0
                 if not math.isfinite(last_loss):
                     raise TrainingDiverged(f"loss became {last_loss} at iteration {it + 1}; lower "
                                            f"optim.lr (now {o.lr:g}) and start again")
-                start_loss = last_loss if start_loss is None else start_loss
-                smoothed = last_loss if smoothed is None else 0.9 * smoothed + 0.1 * last_loss
-                if smoothed > o.divergence_factor * start_loss:
-                    raise TrainingDiverged(f"loss diverged: {smoothed:.4g} at iteration {it + 1} vs "
-                                           f"{start_loss:.4g} at the start; lower optim.lr (now {o.lr:g})")
-                flat = flat + 1 if output_spread(logits) < 1e-6 else 0
-                if o.collapse_patience and flat >= o.collapse_patience:
+                m["start_loss"] = last_loss if m["start_loss"] is None else m["start_loss"]
+                m["smoothed"] = last_loss if m["smoothed"] is None else 0.9 * m["smoothed"] + 0.1 * last_loss
+                if m["smoothed"] > o.divergence_factor * m["start_loss"]:
+                    raise TrainingDiverged(f"loss diverged: {m['smoothed']:.4g} at iteration {it + 1} vs "
+                                           f"{m['start_loss']:.4g} at the start; lower optim.lr (now {o.lr:g})")
+                m["flat"] = m["flat"] + 1 if collective_spread(logits, world) < 1e-6 else 0
+                if o.collapse_patience and m["flat"] >= o.collapse_patience:
                     raise TrainingDiverged(f"the network collapsed to a constant output (dead ReLUs) by "
                                            f"iteration {it + 1}; lower optim.lr (now {o.lr:g}) and start again")
                 if main:
@@ -331,4 +375,5 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         if main:
             log.close()
             val_log.close()
-    return TrainResult(out, end, last_loss, best, seconds_before + time.perf_counter() - started, model)
+    return TrainResult(out, end, m["last_loss"], best, seconds_before + time.perf_counter() - started, model,
+                       {**m, "running": float(running)})

@@ -11,8 +11,8 @@ the two smallest over cells; the border term applies to membrane (label 0) pixel
 with fewer than two cells; w_c(class) = f_max / f_class (the majority class gets 1).
 
 Exact and fast: for every cell a linear-time squared Euclidean distance transform runs on the
-cell's bounding box grown by a cutoff R, and each pixel keeps its two smallest distances. R is the
-smallest radius with w0 * exp(-R^2 / (2 sigma^2)) < 1e-7, so every distance that can change a
+cell's bounding box grown by a cutoff R, and each pixel keeps its two smallest distances. R is one
+pixel more than the smallest whole radius r with w0 * exp(-r^2 / (2 sigma^2)) < 1e-7 (a margin), so every distance that can change a
 weight by more than 1e-7 is computed exactly; the tests compare with one full distance transform
 per cell to 1e-6.
 """
@@ -34,7 +34,8 @@ _INF = 1e20
 
 
 def _cutoff(w0: float, sigma: float) -> int:
-    """Radius beyond which the border term is below TOLERANCE."""
+    """Cutoff radius: one more than the smallest whole radius at which the border term is below
+    TOLERANCE (d1 + d2 >= d2 > R makes the term smaller still)."""
     if w0 <= TOLERANCE:
         return 0
     return int(math.ceil(sigma * math.sqrt(2.0 * math.log(w0 / TOLERANCE)))) + 1

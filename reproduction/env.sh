@@ -23,7 +23,14 @@ ensure_venv() {
     return 0  # an install with extras includes the base install
   fi
   if ! command -v "$python" >/dev/null; then
-    echo "error: $python not found; install Python >= 3.10 or set PYTHON=/path/to/python" >&2
+    echo "error: $python not found; install Python >= 3.11 or set PYTHON=/path/to/python" >&2
+    return 1
+  fi
+  local version
+  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "error: $(command -v "$python") is Python $version; paper_unet needs Python >= 3.11 (tomllib in" \
+         "config.py, and numpy 2.4). Install 3.11 or newer, or set PYTHON=/path/to/python3.11" >&2
     return 1
   fi
   [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"

@@ -13,11 +13,13 @@ usage() {
   cat <<'TXT'
 
 Options:
-  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU), cpu (reduced, ~90 min on 2 cores
-                   for the cross-validation), smoke (pipeline check, < 3 min). Default: paper when a
+  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU), cpu (reduced; 40 min measured on
+                   2 cores for everything), smoke (pipeline check, < 3 min). Default: paper when a
                    CUDA GPU is available, else cpu.
-  --data-dir DIR   ISBI 2012 stacks (default: $PAPER_UNET_DATA, else ~/.cache/paper_unet/isbi2012;
-                   downloaded there if missing)
+  --data-dir DIR   an existing folder for the ISBI 2012 stacks; they are downloaded into it if
+                   missing (a folder that does not exist is an error, to catch typos). Default:
+                   $PAPER_UNET_DATA, else $XDG_CACHE_HOME/paper_unet/isbi2012 (~/.cache/... when
+                   XDG_CACHE_HOME is unset), created and filled on first use
   --out DIR        run directory: checkpoints, logs, submission (default runs/isbi2012_PROFILE)
   --results DIR    tables, CSVs and figures (default results/isbi2012_PROFILE)
   --set KEY=VALUE  override a config value, e.g. --set optim.iterations=2000 (repeatable)
@@ -54,7 +56,7 @@ case "$profile" in
 esac
 case "$gpus" in ''|*[!0-9]*|0) die "--gpus needs a positive whole number, got '$gpus'" ;; esac
 if [ -n "$data_dir" ] && [ ! -d "$data_dir" ]; then
-  die "data directory '$data_dir' does not exist (omit --data-dir to download the data into the cache)"
+  die "data directory '$data_dir' does not exist: create it (mkdir -p '$data_dir') to download the data there, or omit --data-dir to use the cache"
 fi
 
 source reproduction/env.sh
@@ -67,8 +69,8 @@ if [ -z "$profile" ]; then
     profile=cpu
     cat >&2 <<'TXT'
 ========================================================================================
- No CUDA GPU found: running the `cpu` profile (width 16, 300-px tiles, ~90 min on 2 cores
- for the cross-validation). Its numbers are a CPU reproduction, NOT the paper setting.
+ No CUDA GPU found: running the `cpu` profile (width 16, 300-px tiles; 40 min measured
+ on 2 cores for everything). Its numbers are a CPU reproduction, NOT the paper setting.
  The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
 ========================================================================================
 TXT

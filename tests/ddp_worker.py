@@ -10,7 +10,14 @@ from paper_unet.train import distributed, train
 
 out, stop_after, mode, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 isbi = load_isbi2012(data_dir)
-config = load_config("smoke", ["optim.iterations=4", "run.checkpoint_every=2", "run.log_every=1"])
+overrides = ["optim.iterations=4", "run.checkpoint_every=2", "run.log_every=1"]
+if mode == "collapse-on-rank-1":  # rank 1 alone sees a constant output: both ranks must stop together
+    import paper_unet.train as train_module
+
+    overrides.append("optim.collapse_patience=2")
+    if distributed()[0] == 1:
+        train_module.output_spread = lambda logits: 0.0
+config = load_config("smoke", overrides)
 result = train(config, isbi.train_images[:3, :128, :128], isbi.train_labels[:3, :128, :128], out,
                val_images=isbi.train_images[3:4, :128, :128], val_labels=isbi.train_labels[3:4, :128, :128],
                resume=mode == "resume", progress=False, stop_after=stop_after)

@@ -115,3 +115,71 @@ def test_sampler_works_in_dataloader_workers(isbi_dir):
     for i, (image, _, _) in enumerate(batches):
         # workers run single-threaded, which changes vectorisation and so the last bit of a few values
         torch.testing.assert_close(image[0], sampler[i][0], atol=1e-6, rtol=0)
+
+
+def _plain_sample(sampler: TileSampler, index: int):
+    """Today's one-sample path (`augment`), the reference for the batched device path."""
+    z, params = sampler.draw(index)
+    image, label, weight = augment(sampler.images[z], sampler.labels[z], sampler.weights[z], params,
+                                   sampler.tile, sampler.out_tile)
+    return image[None], label.round().long(), weight
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("stream", [0, 1])
+def test_batched_device_augmentation_equals_the_plain_path(isbi_dir, batch_size, stream):
+    import tifffile
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:3]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3]
+    sampler = TileSampler(images, labels, tile=188, length=8, seed=3, stream=stream)
+    for start in range(0, 8, batch_size):
+        x, y, w = sampler.batch(range(start, start + batch_size))
+        assert x.shape == (batch_size, 1, 188, 188) and y.shape == w.shape == (batch_size, 4, 4)
+        for b in range(batch_size):
+            image, label, weight = _plain_sample(sampler, start + b)
+            torch.testing.assert_close(x[b], image, atol=1e-6, rtol=0)
+            assert torch.equal(y[b], label)
+            torch.testing.assert_close(w[b], weight, atol=1e-6, rtol=0)
+    # the same seed gives the same batch; another stream another one
+    again = TileSampler(images, labels, tile=188, length=8, seed=3, stream=stream).batch([0, 1])
+    assert torch.equal(again[0], sampler.batch([0, 1])[0])
+
+
+def test_batched_augmentation_mixes_gray_value_identity_and_change():
+    image = smooth_image(80, 80)
+    plain = [identity_params((39.5, 39.5)), draw_params(AugmentConfig(), (80, 80), torch.Generator().manual_seed(1))]
+    from paper_unet.augment import augment_batch
+    x, _, _ = augment_batch(torch.stack([image, image]), None, None, plain, 60, 20)
+    for b, params in enumerate(plain):
+        torch.testing.assert_close(x[b], augment(image, None, None, params, 60, 20)[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augmentation_on_the_gpu_equals_the_cpu(isbi_dir):
+    import tifffile
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:3]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3]
+    cpu = TileSampler(images, labels, tile=572, length=4, seed=2).batch(range(4))
+    gpu = TileSampler(images, labels, tile=572, length=4, seed=2, device="cuda").batch(range(4))
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=0)  # bicubic weights in another order
+    assert (gpu[1].cpu() != cpu[1]).float().mean() < 1e-3  # nearest: a grid point on a pixel edge may tip
+    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-3, rtol=0)
+
+
+def test_the_elastic_grid_spans_the_input_tile():
+    """Decision (SPEC section 2): the 3x3 nodes sit on the corners, edge midpoints and centre of the
+    *input* tile (572), so a node's displacement arrives in full at the input tile's corner and
+    only interpolated (bicubic) at the corner of the labelled 388x388 output region."""
+    tile, out_tile, slice_shape = 572, 388, (1000, 1000)
+    center = ((slice_shape[0] - 1) / 2, (slice_shape[1] - 1) / 2)
+    still = identity_params(center)
+    moved = identity_params(center)
+    moved.displacement[0, 0, 0] = 10.0  # dy of the top-left node
+    to_pixels = (slice_shape[0] - 1) / 2
+    shift = (sampling_grid(moved, tile, slice_shape) - sampling_grid(still, tile, slice_shape))[0, ..., 1] * to_pixels
+    margin = (tile - out_tile) // 2  # 92
+    assert shift[0, 0].item() == pytest.approx(10.0, abs=1e-3)  # input tile corner: the node itself
+    corner = shift[margin, margin].item()  # output tile corner: interpolated, about half
+    assert 4.5 < corner < 5.2
+    assert corner == pytest.approx(displacement_field(moved.displacement, tile)[0, margin, margin].item(), abs=1e-3)

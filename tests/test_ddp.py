@@ -14,11 +14,11 @@ from conftest import REPO
 from paper_unet.train import load_checkpoint
 
 
-def torchrun(out, stop_after, mode, isbi_dir):
+def torchrun(out, stop_after, mode, isbi_dir, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "tests" / "ddp_worker.py"), str(out), str(stop_after), mode, str(isbi_dir)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
 
 def same(a, b):
@@ -43,6 +43,13 @@ def test_two_ranks_hold_identical_weights_and_rank0_checkpoint_resumes(isbi_dir,
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert same(rank0, rank1)
+
+
+def test_a_collapse_seen_by_one_rank_stops_every_rank_with_the_message(isbi_dir, tmp_path):
+    """The stop decision is collective: no rank is left waiting in an all-reduce (a hang)."""
+    done = torchrun(tmp_path, 4, "collapse-on-rank-1", isbi_dir, timeout=180)
+    assert done.returncode != 0
+    assert done.stderr.count("collapsed to a constant output") >= 2, done.stderr[-3000:]  # both ranks
 
 
 def reproduce(*args, nproc=None, env_threads="1"):

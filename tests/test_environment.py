@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -68,3 +69,21 @@ def test_dockerfile_passes_hadolint():
 
 def test_pin_parser_reads_plain_exact_pins_only():
     assert pins(["  - torch==2.13.0", "numpy==2.4.6 ; python_version>'3'"]) == {"torch": "2.13.0"}
+
+
+def test_env_sh_refuses_a_python_older_than_3_11_and_says_which_it_found(tmp_path):
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\ncase "$2" in *print*) echo 3.10 ;; *) exit 1 ;; esac\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "-c", "source reproduction/env.sh && ensure_venv"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHON=str(fake), PAPER_UNET_VENV=str(tmp_path / "venv")))
+    assert done.returncode != 0
+    assert "is Python 3.10" in done.stderr and "needs Python >= 3.11" in done.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_declared_python_minimum_is_3_11():
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"

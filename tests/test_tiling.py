@@ -58,6 +58,9 @@ def test_mirror_pad_reflects_without_repeating_the_edge():
     wide = tiling.mirror_pad(image, ((20, 20), (20, 20)))  # wider than the image: repeated reflection
     assert wide.shape == (43, 44)
     assert tiling.mirror_pad(np.ones((1, 5)), ((3, 3), (0, 0))).shape == (7, 5)
+    row = np.arange(5.0)[None]  # a 1-pixel axis is repeated, the other still reflected
+    padded = tiling.mirror_pad(row, ((1, 1), (2, 0)))
+    np.testing.assert_array_equal(padded, np.tile([[2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 4.0]], (3, 1)))
 
 
 @given(length=st.integers(1, 2000), tile_output=st.sampled_from([20, 36, 388, 516]))
@@ -120,6 +123,26 @@ def test_dihedral_inverse_undoes_each_transform():
     assert len(set(tiling.dihedral_transforms())) == 8
     for t in tiling.dihedral_transforms():
         np.testing.assert_array_equal(tiling._invert(tiling._apply(array, t), t), array)
+
+
+@pytest.mark.parametrize("shape, tile_size", [((40, 40), None), ((40, 56), None), ((70, 70), 204)])
+def test_batched_tta_equals_sequential_tta(model, shape, tile_size):
+    """The 8 views of a tile in one forward pass (batch_size 8, square or not, one tile or many)
+    give the probabilities of one view at a time (batch_size 1)."""
+    image = np.random.default_rng(5).random(shape, dtype=np.float32)
+    sequential = tiling.predict(model, image, tile_size=tile_size, tta=True, batch_size=1)
+    batched = tiling.predict(model, image, tile_size=tile_size, tta=True, batch_size=8)
+    assert np.abs(batched - sequential).max() <= 1e-6
+
+
+def test_batched_tta_passes_the_8_views_of_a_square_tile_in_one_forward_pass(model):
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        tiling.predict(model, np.zeros((40, 40), dtype=np.float32), tta=True, batch_size=8)
+    finally:
+        handle.remove()
+    assert calls == [8]
 
 
 def test_tta_differs_from_plain_prediction(model):

@@ -114,6 +114,26 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_
     assert [row.split(",")[0] for row in log[1:]] == [str(i) for i in range(1, 9)]
 
 
+def test_resume_restores_the_loss_monitors_exactly(tiny_data, tmp_path):
+    """The divergence and collapse checks and the partial loss sum resume where they stopped."""
+    images, labels = tiny_data
+    values = tiny_config().to_dict()
+    values["run"].update(log_every=3, checkpoint_every=4)  # a checkpoint inside a log interval
+    config = config_from_dict(values)
+    full = train(config, images, labels, tmp_path / "full", progress=False)
+    train(config, images, labels, tmp_path / "split", progress=False, stop_after=6)
+    saved = load_checkpoint(tmp_path / "split" / "last.pt")["monitors"]
+    assert saved["count"] == 1 and saved["running"] > 0 and saved["start_loss"] is not None
+    split = train(config, images, labels, tmp_path / "split", progress=False, resume=True)
+    assert split.monitors == full.monitors
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["monitors"] == full.monitors
+    assert (tmp_path / "split" / "train_log.csv").read_text().count(",") == \
+        (tmp_path / "full" / "train_log.csv").read_text().count(",")
+    logged = [[row.split(",")[:2] for row in (tmp_path / name / "train_log.csv").read_text().splitlines()]
+              for name in ("full", "split")]
+    assert logged[0] == logged[1]
+
+
 def test_training_is_deterministic_for_a_seed(tiny_data, tmp_path):
     images, labels = tiny_data
     config = tiny_config(iterations=3)
@@ -255,7 +275,7 @@ def losses(path: Path) -> np.ndarray:
 
 def run_variant(tiny_data, tmp_path, name, dropout=0.5, **run) -> Path:
     values = tiny_config(iterations=3).to_dict()
-    values["run"].update(run)
+    values["run"].update(dict(bf16=False, channels_last=False, compile=False), **run)  # fp32 eager unless told
     values["model"]["dropout"] = dropout
     train(config_from_dict(values), *tiny_data, tmp_path / name, progress=False)
     return tmp_path / name
@@ -276,6 +296,24 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_data, tmp_path):
     plain = run_variant(tiny_data, tmp_path, "plain")
     fast = run_variant(tiny_data, tmp_path, "bf16", bf16=True)
     np.testing.assert_allclose(losses(fast)[0], losses(plain)[0], rtol=0.03)  # same weights, same tile
+
+
+def test_the_cpu_fast_path_stays_close_to_fp32_eager_for_a_few_steps(tiny_data, tmp_path):
+    """bf16 autocast + channels_last (the CPU profiles' default) vs fp32 eager, 3 steps without
+    dropout: every logged loss within 3 % (bf16 keeps 8 bits of mantissa) and the same weights
+    to within the size of three bf16-rounded SGD steps."""
+    plain = run_variant(tiny_data, tmp_path, "plain", dropout=0.0)
+    fast = run_variant(tiny_data, tmp_path, "fast", dropout=0.0, bf16=True, channels_last=True)
+    np.testing.assert_allclose(losses(fast), losses(plain), rtol=0.03)
+    a, b = weights_of(plain / "last.pt"), weights_of(fast / "last.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-3, rtol=0.05)
+
+
+def test_the_cpu_profiles_default_to_the_fast_path():
+    for name in ("cpu", "smoke"):
+        run = load_config(name).run
+        assert run.bf16 and run.channels_last and not run.compile, name
 
 
 @pytest.mark.slow

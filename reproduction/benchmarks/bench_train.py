@@ -1,0 +1,167 @@
+"""Training and inference speed: the fp32 eager baseline vs the fast path, in one run.
+
+Training step (`paper_unet.train.train_step`: forward, weighted loss, backward, SGD momentum 0.99,
+one tile per step, a real augmented ISBI tile from `TileSampler.batch` on the same device):
+- the `cpu` network (width 16) at its profile tile, in every combination of bf16 autocast,
+  channels_last and torch.compile (inductor; skipped with --no-compile);
+- the full-width `paper` network at 572 (a few steps): fp32 eager vs bf16 + channels_last.
+Achieved TFLOP/s = 3 x the model's forward FLOP count (`UNet.forward_flops`, convolutions only;
+backward ~ 2 x forward) x steps/s. On CUDA also the fraction of the GPU's peak dense bf16 rate
+(--peak-tflops; default 989, the dense bf16 peak of an H100 SXM and of an H200).
+
+Sampler supply rate: `TileSampler.batch` samples/s on the same device, vs the fast training step.
+Inference: seconds per 512x512 ISBI slice with the full-width network, with and without TTA
+(`tiling.predict_stack`, fp32; TTA batches the 8 views of the 700 tile into one pass).
+
+    python reproduction/benchmarks/bench_train.py [--device cpu|cuda] [--steps 8] [--paper-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+
+import numpy as np
+import tifffile
+import torch
+
+from _common import ISBI_DIR, publish
+from paper_unet.config import load_config
+from paper_unet.model import UNet
+from paper_unet.sampler import TileSampler
+from paper_unet.tiling import predict_stack
+from paper_unet.train import augment_config, train_step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_rate(width: int, tile: int, images, labels, device: torch.device, *, bf16: bool,
+              channels_last: bool, compile: bool, steps: int, warmup: int) -> float:
+    """Training steps per second (after ``warmup`` steps, which include any compilation)."""
+    config = load_config("paper", [f"model.base_channels={width}", f"data.tile={tile}"])
+    torch.manual_seed(0)
+    model = UNet(base_channels=width).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.99)
+    step_model = torch.compile(model) if compile else model
+    sampler = TileSampler(images, labels, tile=tile, length=warmup + steps, seed=0,
+                          augment_config=augment_config(config), device=device)
+    batches = [sampler.batch([i]) for i in range(warmup + steps)]
+    for x, y, w in batches[:warmup]:
+        train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
+    sync(device)
+    start = time.perf_counter()
+    for x, y, w in batches[warmup:]:
+        loss, _ = train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
+    float(loss)  # the step is done
+    sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def sampler_rate(tile: int, images, labels, device: torch.device, n: int) -> float:
+    sampler = TileSampler(images, labels, tile=tile, length=n + 1, seed=0, device=device)
+    sampler.batch([0])
+    sync(device)
+    start = time.perf_counter()
+    for i in range(1, n + 1):
+        x, _, _ = sampler.batch([i])
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps, cpu network")
+    parser.add_argument("--paper-steps", type=int, default=3, help="timed steps, full-width network")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="the GPU's peak dense bf16 TFLOP/s, for the fraction of peak")
+    parser.add_argument("--slices", type=int, default=2, help="slices for the inference timing")
+    parser.add_argument("--no-write", action="store_true", help="do not update results/performance.md")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    images = tifffile.imread(ISBI_DIR / "train-volume.tif")
+    labels = tifffile.imread(ISBI_DIR / "train-labels.tif")
+    cpu = load_config("cpu")
+    cpu_width, cpu_tile = cpu.model.base_channels, cpu.data.tile
+    scale = 10 if cuda else 1  # more steps where they are cheap
+
+    rows = []  # (network, tile, variant, steps/s, TFLOP/s)
+
+    def measure(name, width, tile, steps, warmup, bf16, channels_last, compile):
+        rate = step_rate(width, tile, images, labels, device, bf16=bf16, channels_last=channels_last,
+                         compile=compile, steps=steps, warmup=warmup)
+        flops = 3 * UNet(base_channels=width).forward_flops(tile)
+        rows.append((name, tile, (bf16, channels_last, compile), rate, rate * flops / 1e12))
+        print(rows[-1], file=sys.stderr)
+
+    compiles = [False] if args.no_compile else [False, True]
+    for compile, bf16, channels_last in itertools.product(compiles, (False, True), (False, True)):
+        if compile and not (bf16 and channels_last):
+            continue  # compile only on top of the fastest eager combination
+        measure(f"`cpu` network (width {cpu_width})", cpu_width, cpu_tile, args.steps * scale,
+                3 if compile else 1, bf16, channels_last, compile)
+    for bf16, channels_last in ((False, False), (True, True)):
+        measure("`paper` network (width 64)", 64, 572, args.paper_steps * scale, 1, bf16, channels_last, False)
+
+    def label(variant):
+        bf16, channels_last, compile = variant
+        parts = (["bf16 autocast"] if bf16 else ["fp32"]) + (["channels_last"] if channels_last else []) + (
+            ["torch.compile"] if compile else ["eager"])
+        return " + ".join(parts)
+
+    table = ["| network | tile | variant | steps/s | s/step | achieved TFLOP/s | vs fp32 eager |"
+             + (" % of bf16 peak |" if cuda else ""), "|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
+    baseline = {}
+    for name, tile, variant, rate, tflops in rows:
+        baseline.setdefault(name, rate)
+        table.append(f"| {name} | {tile} | {label(variant)} | {rate:.2f} | {1 / rate:.3f} | {tflops:.3f} | "
+                     f"{rate / baseline[name]:.2f}x |" + (f" {100 * tflops / args.peak_tflops:.1f} % |" if cuda else ""))
+    fast_cpu = next(rate for name, _, v, rate, _ in rows if name.startswith("`cpu`") and v == (True, True, False))
+
+    supply = {tile: sampler_rate(tile, images, labels, device, 30 * scale) for tile in sorted({cpu_tile, 572})}
+    fast_paper = next(rate for name, _, v, rate, _ in rows if name.startswith("`paper`") and v == (True, True, False))
+
+    torch.manual_seed(0)
+    model = UNet().to(device).eval()
+    slices = tifffile.imread(ISBI_DIR / "test-volume.tif")[: args.slices]
+    inference = {}
+    for tta in (False, True):
+        predict_stack(model, slices[:1], tta=tta, device=device, progress=False)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        predict_stack(model, slices, tta=tta, device=device, progress=False)
+        sync(device)
+        inference[tta] = (time.perf_counter() - start) / len(slices)
+
+    body = "\n".join(table) + f"""
+
+**`cpu` network, bf16 autocast + channels_last vs fp32 eager: {fast_cpu / rows[0][3]:.2f}x** (target >= 1.8x),
+the `cpu` profile's default. Each row: {args.steps * scale} timed steps for the `cpu` network,
+{args.paper_steps * scale} for the full width, after warm-up (compile variants: 3 warm-up steps, which
+include the compilation); random init, seed 0, one real augmented ISBI tile per step; device {device}.
+
+Sampler supply rate (`TileSampler.batch`, full augmentation, one tile per call, on {device}):
+""" + "\n".join(f"- {tile}-px tiles: {rate:.1f} samples/s" for tile, rate in supply.items()) + f"""
+
+against the fast training step: {supply[cpu_tile] / fast_cpu:.1f}x the `cpu` network's step rate at {cpu_tile},
+{supply[572] / fast_paper:.1f}x the full-width step rate at 572 (target >= 3x: the sampler is never the bottleneck).
+
+Inference, full-width network, fp32, one 700x700 tile per 512x512 ISBI test slice (mean of {len(slices)} slices):
+- without TTA: {inference[False]:.2f} s per slice
+- with TTA (8 dihedral views in one batch): {inference[True]:.2f} s per slice ({inference[True] / inference[False]:.1f}x)
+"""
+    publish("Training step, sampler and inference speed (bench_train.py)", body, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

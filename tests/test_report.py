@@ -1,0 +1,55 @@
+"""The generated report describes the run it comes from (folds, tile, TTA), not a fixed setting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from paper_unet.config import load_config
+from paper_unet.metrics import THRESHOLDS
+from paper_unet.report import prediction_method, single_tile, write_report
+
+
+def fake_run(tmp_path, isbi_dir, folds: int, tta: bool, depth: int):
+    """A run directory as `run_reproduction` leaves it, with made-up scores (the report's input)."""
+    config = load_config("smoke", [f"run.folds={folds}", f"run.tta={str(tta).lower()}", f"model.depth={depth}",
+                                   f"data.tile={188 if depth == 5 else 92}"])
+    run = tmp_path / "run"
+    (run / "fold0").mkdir(parents=True)
+    size = 30 // folds
+    scores = {"warping_error": 0.001, "rand_error": 0.2, "pixel_error": 0.06, "vrand_thinned": 0.9,
+              "vinfo_thinned": 0.95, "warping_error_per_threshold": [0.001] * 10,
+              **{key: [0.5] * len(THRESHOLDS) for key in ("pixel_fscore_per_threshold", "rand_fscore_per_threshold",
+                                                          "vrand_thinned_per_threshold", "vinfo_thinned_per_threshold")}}
+    summary = {"config": config.to_dict(), "device": "cpu", "submission": "s.tif",
+               "provenance": {"command": "test", "commit": "0" * 40, "dirty": False, "cpu": "cpu", "cpu_cores": 2,
+                              "torch_threads": 2, "gpu": None, "torch": "x", "python": "3", "platform": "p",
+                              "date_utc": "now"},
+               "timings_s": {"fold0_train": 60.0},
+               "folds": {str(k): {"val_slices": list(range(k * size, (k + 1) * size)), **scores} for k in range(folds)}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    tifffile.imwrite(run / "fold0" / "val_probabilities.tif", np.full((size, 512, 512), 0.5, np.float32))
+    return run
+
+
+@pytest.mark.parametrize("folds, tta, depth", [(3, True, 5), (2, False, 3)])
+def test_report_derives_folds_tile_and_tta_from_the_run(isbi_dir, tmp_path, monkeypatch, folds, tta, depth):
+    import matplotlib.axes
+    titles = []
+    original = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, label, *a, **k: titles.append(label) or original(self, label, *a, **k))
+    run = fake_run(tmp_path, isbi_dir, folds, tta, depth)
+    readme = write_report(run, tmp_path / "results", isbi_dir).read_text()
+    tile = {5: 700, 3: 552}[depth]
+    assert single_tile({"model": {"depth": depth}}) == tile
+    assert f"{tile} at depth {depth}" in readme
+    size = 30 // folds
+    assert f"{folds} contiguous blocks of {size} training slices" in readme
+    assert f"{folds}-fold CV on the 30 training slices" in readme
+    method = prediction_method({"run": {"tta": tta}})
+    assert ("TTA (8 dihedral" in method) == tta and method in readme
+    assert f"predicted P(cell), {method}" in titles
