@@ -52,6 +52,7 @@ class OptimConfig:
     iterations: int = 50_000  # [ours] unpublished (the paper: ~10 h on a Titan)
     lr_decay_at: float = 0.8  # [ours] fraction of iterations after which lr *= lr_decay
     lr_decay: float = 0.1  # [ours]
+    warmup: int = 0  # [ours] linear warm-up: lr x (i + 1) / warmup for iterations i < warmup (0: none)
     divergence_factor: float = 20.0  # stop when the smoothed loss exceeds this x its start
     collapse_patience: int = 5  # stop after this many log intervals of a constant output (0: off)
 
@@ -125,6 +126,8 @@ def _validate(config: Config) -> None:
         raise ValueError("optim: lr > 0, 0 <= momentum < 1, iterations >= 1 and batch_size >= 1 are required")
     if not 0 < o.lr_decay_at <= 1:
         raise ValueError("optim.lr_decay_at must be in (0, 1]")
+    if not 0 <= o.warmup < o.iterations:
+        raise ValueError(f"optim.warmup must be >= 0 and below optim.iterations ({o.iterations}), got {o.warmup}")
     if min(r.log_every, r.validate_every, r.checkpoint_every) < 1:
         raise ValueError("run: log_every, validate_every and checkpoint_every must be >= 1")
     if r.device not in ("auto", "cpu", "cuda"):

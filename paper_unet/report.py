@@ -228,7 +228,7 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
 | seed | {config['run']['seed']} |
 | wall time | {total_min:.1f} min in all stages ({", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")}) |
 | network | UNet base_channels {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}, variant {m['variant']} |
-| training | tile {d['tile']}, SGD lr {o['lr']:g} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
+| training | tile {d['tile']}, SGD lr {o['lr']:g}{f" (linear warm-up over {o['warmup']} iterations)" if o.get('warmup') else ""} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
 | inference | {prediction_method(config)}; one tile per slice (the smallest valid one covering 512 px: {single_tile(config)} at depth {m['depth']}) |
 
 ## Cross-validation ({blocks}; last checkpoint of each fold)
@@ -249,6 +249,13 @@ Submission (float32 TIFF, 1 = cell): `{Path(summary.get('submission', '')).name}
 """
     if lr_table:
         text += f"\n## Learning-rate search\n\n{lr_table}\n"
+    study = results / "budget_study.csv"  # reproduction/budget_study.py merges its rows there
+    if study.is_file():
+        from paper_unet.study import markdown_table, read_rows
+
+        text += (f"\n## Budget study\n\nCandidate settings, each trained and scored on one fold (`budget_study.csv`"
+                 f" has every row with its commit, hardware and date; `reproduction/budget_study.py`):\n\n"
+                 f"{markdown_table(read_rows(study))}\n")
     text += "\n## Figures\n\n" + "\n".join(f"![{Path(f).stem}]({f})" for f in made) + "\n"
     notes = results / "NOTES.md"  # hand-written remarks, kept when the report is regenerated
     if notes.is_file():

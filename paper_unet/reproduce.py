@@ -78,6 +78,7 @@ def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[fl
     from paper_unet.train import TrainingDiverged, train
 
     train_idx, val_idx = cv_folds(len(isbi.train_images), config.run.folds)[fold]
+    started = provenance(command)  # at the start: the code that runs is the code of this commit
     every = validate_every or iterations
     rows = []
     for lr in rates:
@@ -109,7 +110,7 @@ def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[fl
         print(json.dumps(row), file=sys.stderr)
         (out / "lr_search.json").write_text(json.dumps(
             {"config": config.to_dict(), "keep_schedule": keep_schedule, "rows": rows,
-             "provenance": provenance(command)}, indent=2) + "\n")
+             "provenance": started}, indent=2) + "\n")
     return rows
 
 

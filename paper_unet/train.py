@@ -210,8 +210,12 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def learning_rate(config: Config, iteration: int) -> float:
+    """The rate of (0-based) ``iteration``: a linear warm-up over the first ``optim.warmup``
+    iterations [ours, off by default], then ``optim.lr``, times ``optim.lr_decay`` from
+    ``optim.lr_decay_at`` x ``optim.iterations`` on [ours]."""
     o = config.optim
-    return o.lr * (o.lr_decay if iteration >= o.lr_decay_at * o.iterations else 1.0)
+    warm = (iteration + 1) / o.warmup if iteration < o.warmup else 1.0
+    return o.lr * warm * (o.lr_decay if iteration >= o.lr_decay_at * o.iterations else 1.0)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,

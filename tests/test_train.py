@@ -72,6 +72,18 @@ def test_profiles_load_and_unknown_keys_are_rejected():
         config_from_dict({"data": {"tile": 570}})
 
 
+def test_learning_rate_schedule_by_hand():
+    """lr 1e-3, 10 iterations, warm-up 4, decay x0.1 from 80 % (iteration 8) on."""
+    from paper_unet.train import learning_rate
+    config = load_config("smoke", ["optim.lr=1e-3", "optim.iterations=10", "optim.warmup=4"])
+    expected = [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4]
+    np.testing.assert_allclose([learning_rate(config, i) for i in range(10)], expected, rtol=1e-12)
+    plain = load_config("smoke", ["optim.lr=1e-3", "optim.iterations=10"])  # warm-up off by default
+    assert learning_rate(plain, 0) == 1e-3 and learning_rate(plain, 8) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="warmup"):
+        load_config("smoke", ["optim.iterations=10", "optim.warmup=10"])
+
+
 def test_config_round_trips_through_dict():
     c = load_config("smoke")
     assert config_from_dict(c.to_dict()) == c

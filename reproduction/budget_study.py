@@ -1,0 +1,46 @@
+"""Budget study of the `cpu` profile: candidate settings trained and scored on one fold.
+
+Each candidate is a name and config overrides of the profile; it trains on the other blocks, is
+predicted with the profile's TTA and scored with all five challenge metrics on its held-out block.
+Rows are merged into the CSV (a candidate run again replaces its row), which `paper-unet report`
+shows as the "Budget study" table of results/isbi2012_cpu/README.md.
+
+    python reproduction/budget_study.py --fold 2 \\
+        --candidate "cpu_as_is" \\
+        --candidate "tile572_lr1e-3 data.tile=572 optim.lr=1e-3"
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from paper_unet.data import load_isbi2012
+from paper_unet.study import markdown_table, parse_variant, read_rows, run_variants
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help="base profile (default cpu)")
+    parser.add_argument("--candidate", action="append", required=True, metavar="'NAME KEY=VALUE ...'",
+                        help="a candidate: its name, then its overrides of the profile (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every candidate, e.g. run.seed=1 (repeatable)")
+    parser.add_argument("--fold", type=int, default=2, help="cross-validation fold (default 2: slices 20-29)")
+    parser.add_argument("--data-dir", help="ISBI 2012 stacks (default: the data cache)")
+    parser.add_argument("--out", default="runs/budget_study", help="run directories, one per candidate")
+    parser.add_argument("--csv", default="results/isbi2012_cpu/budget_study.csv", help="rows are merged here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    variants = [parse_variant(text) for text in args.candidate]
+    run_variants(args.profile, variants, load_isbi2012(args.data_dir), Path(args.out), Path(args.csv),
+                 fold=args.fold, common=args.set, progress=not args.quiet,
+                 command=shlex.join(["python", *sys.argv]))
+    print(markdown_table(read_rows(Path(args.csv))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

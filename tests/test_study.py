@@ -1,0 +1,35 @@
+"""Studies of named config variants (the budget study; later the ablations) on one fold."""
+
+from __future__ import annotations
+
+import pytest
+
+from paper_unet.data import load_isbi2012
+from paper_unet.study import Variant, markdown_table, parse_variant, read_rows, run_variants
+
+
+def test_parse_variant():
+    assert parse_variant("fast data.tile=572 optim.lr=1e-3") == Variant("fast", ["data.tile=572", "optim.lr=1e-3"])
+    assert parse_variant("plain") == Variant("plain", [])
+    with pytest.raises(ValueError, match="NAME key=value"):
+        parse_variant("data.tile=572")
+
+
+def test_variants_train_score_and_merge_their_rows(isbi_dir, tmp_path):
+    isbi = load_isbi2012(isbi_dir)
+    csv_path = tmp_path / "study.csv"
+    common = ["optim.iterations=2", "run.validate_every=2", "run.checkpoint_every=2"]
+    run_variants("smoke", [Variant("a"), Variant("b", ["optim.lr=2e-3", "optim.warmup=1"])], isbi, tmp_path / "runs",
+                 csv_path, fold=0, common=common, progress=False)
+    rows = read_rows(csv_path)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert rows[1]["lr"] == "0.002" and rows[1]["warmup"] == "1" and rows[0]["warmup"] == "0"
+    assert all(r["status"] == "ok" and 0 <= float(r["pixel_error"]) <= 1 for r in rows)
+    assert all(r["fold"] == "0" and r["seed"] == "0" and r["commit"] for r in rows)
+    # run "a" again with another seed: its row is replaced, "b" stays
+    run_variants("smoke", [Variant("a")], isbi, tmp_path / "runs2", csv_path, fold=0,
+                 common=[*common, "run.seed=1"], progress=False)
+    rows = read_rows(csv_path)
+    assert sorted(r["name"] for r in rows) == ["a", "b"] and next(r for r in rows if r["name"] == "a")["seed"] == "1"
+    table = markdown_table(rows)
+    assert table.count("\n") == 3 and "| b | `optim.lr=2e-3 optim.warmup=1` |" in table
