@@ -11,6 +11,7 @@ from paper_unet import __version__
 
 # Paper Table 1, row 1 (u-net, ISBI 2012 leaderboard of 6 March 2015).
 PAPER_UNET = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
+SINGLE_TILE_MAX = 1024  # predict: one tile per slice up to this edge, else the paper's 572-px tiles
 METRIC_NAMES = {"warping_error": "warping error", "rand_error": "Rand error",
                 "pixel_error": "pixel error", "vrand_thinned": "V_rand (thinned)",
                 "vinfo_thinned": "V_info (thinned)"}
@@ -31,40 +32,119 @@ def _load_config(args: argparse.Namespace):
     return config
 
 
+def _read_training_pair(images_path, labels_path, normalization: str, channel: int | None, what: str):
+    """Normalised float32 images and binary labels from files or folders, checked against each other."""
+    from paper_unet.images import normalize, read_images, read_labels
+
+    raw, _ = read_images(images_path, channel=channel, what=f"{what} images")
+    labels, encoding = read_labels(labels_path, what=f"{what} labels")
+    if labels.shape != raw.shape:
+        raise ValueError(f"{what} labels {labels_path} have shape {labels.shape} but the images {images_path} "
+                         f"have {raw.shape}: they must match slice for slice")
+    print(f"{what}: {raw.shape[0]} slice(s) {raw.shape[1]}x{raw.shape[2]} {raw.dtype}, normalised by "
+          f"'{normalization}'; labels: {encoding}", file=sys.stderr)
+    return normalize(raw, normalization), labels
+
+
 def _train(args: argparse.Namespace) -> int:
-    from paper_unet.data import cv_folds, load_isbi2012
+    from paper_unet.images import resolve_normalization
     from paper_unet.train import train
 
+    if args.normalize:
+        args.set = [*(args.set or []), f'data.normalize="{args.normalize}"']
     config = _load_config(args)
-    isbi = load_isbi2012(args.data_dir)
-    images, labels, val_images, val_labels = isbi.train_images, isbi.train_labels, None, None
-    if args.fold is not None:
-        train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
-        images, labels = isbi.train_images[train_idx], isbi.train_labels[train_idx]
-        val_images, val_labels = isbi.train_images[val_idx], isbi.train_labels[val_idx]
+    if args.images or args.labels:
+        if not (args.images and args.labels):
+            raise ValueError("--images and --labels go together (the training images and their labels)")
+        if args.fold is not None:
+            raise ValueError("--fold splits the ISBI training slices; with your own data give --val-images "
+                             "and --val-labels instead")
+        if bool(args.val_images) != bool(args.val_labels):
+            raise ValueError("--val-images and --val-labels go together")
+        from paper_unet.images import read_images
+
+        first, _ = read_images(args.images, channel=args.channel, what="training images")
+        method = resolve_normalization(config.data.normalize, first.dtype)
+        if method != config.data.normalize:  # record what "auto" meant for this data
+            args.set = [*(args.set or []), f'data.normalize="{method}"']
+            config = _load_config(args)
+        images, labels = _read_training_pair(args.images, args.labels, method, args.channel, "training")
+        val_images = val_labels = None
+        if args.val_images:
+            val_images, val_labels = _read_training_pair(args.val_images, args.val_labels, method, args.channel,
+                                                         "validation")
+    else:
+        if args.val_images or args.val_labels:
+            raise ValueError("--val-images/--val-labels need --images and --labels (your own data); for ISBI "
+                             "use --fold")
+        from paper_unet.data import cv_folds, load_isbi2012
+
+        isbi = load_isbi2012(args.data_dir)
+        images, labels, val_images, val_labels = isbi.train_images, isbi.train_labels, None, None
+        if args.fold is not None:
+            train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
+            images, labels = isbi.train_images[train_idx], isbi.train_labels[train_idx]
+            val_images, val_labels = isbi.train_images[val_idx], isbi.train_labels[val_idx]
+    if args.init_from and not Path(args.init_from).is_file():
+        raise FileNotFoundError(f"--init-from checkpoint {args.init_from} not found")
     result = train(config, images, labels, args.out, val_images=val_images, val_labels=val_labels,
-                   resume=args.resume, progress=not args.quiet)
+                   resume=args.resume, progress=not args.quiet, init_from=args.init_from)
     print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; last loss "
           f"{result.last_loss:.4f}; checkpoints in {result.out_dir}")
+    if val_images is not None and result.iterations == config.optim.iterations:
+        from paper_unet.segment import calibrate_checkpoint
+
+        threshold = calibrate_checkpoint(Path(args.out) / "last.pt", val_images, val_labels,
+                                         device=_device(config.run.device))
+        print(f"mask threshold chosen on the validation slices (best pixel error): P(cell) > {threshold:g}; "
+              f"stored in {Path(args.out) / 'last.pt'}")
     return 0
 
 
+def _device(name: str):
+    from paper_unet.train import resolve_device
+
+    return resolve_device(name)
+
+
 def _predict(args: argparse.Namespace) -> int:
-    import tifffile
+    import numpy as np
 
-    from paper_unet.data import read_stack
-    from paper_unet.tiling import predict_stack
-    from paper_unet.train import model_from_checkpoint, resolve_device
+    from paper_unet.images import normalize, read_images, write_tiff
+    from paper_unet.segment import DEFAULT_THRESHOLD, binary_mask, label_cells
+    from paper_unet.tiling import predict_stack, valid_input_size
+    from paper_unet.train import load_checkpoint, model_from_checkpoint
 
-    device = resolve_device(args.device or "auto")
+    raw, info = read_images(args.input, channel=args.channel, what="input")  # bad input: fail first
+    device = _device(args.device or "auto")
     model, config = model_from_checkpoint(args.checkpoint, device)
-    images = read_stack(args.input, "input")
+    images = normalize(raw, config.data.normalize)  # the normalisation the model was trained with
+    outputs = [Path(p) for p in (args.output, args.save_mask, args.save_cells) if p]
+    if len(set(outputs)) != len(outputs) or Path(args.input) in outputs:
+        raise ValueError("--output, --save-mask, --save-cells and --input must be different files")
     tta = config.run.tta if args.tta is None else args.tta
-    probabilities = predict_stack(model, images, tile_size=args.tile_size, tta=tta, device=device,
+    tile = args.tile_size
+    if tile is None and max(images.shape[1:]) > SINGLE_TILE_MAX:  # bound the memory of one pass
+        tile = valid_input_size(388, model.depth)  # the paper's 572 -> 388 at depth 5
+    probabilities = predict_stack(model, images, tile_size=tile, tta=tta, device=device,
                                   progress=not args.quiet)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(args.output, probabilities, photometric="minisblack")
-    print(f"wrote {args.output}: float32 {probabilities.shape}, P(cell) (1 = cell), TTA {'on' if tta else 'off'}")
+    write_tiff(args.output, probabilities.astype(np.float32), info)
+    print(f"wrote {args.output}: float32 {probabilities.shape}, P(cell) (1 = cell), TTA {'on' if tta else 'off'}, "
+          f"normalisation '{config.data.normalize}'")
+    if args.save_mask or args.save_cells:
+        stored = load_checkpoint(args.checkpoint).get("threshold")
+        threshold = args.threshold if args.threshold is not None else (
+            stored if stored is not None else DEFAULT_THRESHOLD)
+        source = ("--threshold" if args.threshold is not None else
+                  "chosen on validation data" if stored is not None else "default")
+        mask = binary_mask(probabilities, threshold)
+        if args.save_mask:
+            write_tiff(args.save_mask, mask, info)
+            print(f"wrote {args.save_mask}: uint8 mask, 255 = cell (P(cell) > {threshold:g}, {source})")
+        if args.save_cells:
+            cells = label_cells(mask)
+            write_tiff(args.save_cells, cells, info)
+            print(f"wrote {args.save_cells}: {cells.dtype} cell labels (4-connected), {int(cells.max())} cells")
     return 0
 
 
@@ -163,35 +243,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_config_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--profile", default="paper",
-                         help="config profile in reproduction/configs (paper, cpu, smoke) or a TOML file")
+                         help="config profile (paper, cpu, smoke: paper_unet/profiles/, linked as reproduction/configs) or a TOML file")
         sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                          help="override one config value, e.g. --set optim.lr=3e-4 (repeatable)")
         sub.add_argument("--data-dir", help="ISBI 2012 stacks (default: $PAPER_UNET_DATA, else the cache)")
         sub.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the profile's")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def add_input_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--channel", type=int, metavar="K",
+                         help="for multi-channel images (RGB, ImageJ channels): the channel to use")
+
     train = commands.add_parser(
-        "train", help="train a U-Net on the ISBI 2012 training slices",
-        description="Train with SGD (momentum 0.99, one tile per step) and the weighted loss. "
-                    "Checkpoints every run.checkpoint_every iterations; --resume continues a killed run.")
+        "train", help="train a U-Net on ISBI 2012 or on your own images and labels",
+        description="Train with SGD (momentum 0.99, one tile per step) and the weighted loss, on the "
+                    "ISBI 2012 training slices or on your own data (--images/--labels: TIFF files, "
+                    "2-D or stacks, uint8/uint16/float32, or folders of PNG/TIFF slices sorted by "
+                    "name). Labels: binary (0/255, 0/1, bool; 0 = membrane) or a labelled instance "
+                    "mask (one integer per cell; boundaries between touching cells become membrane). "
+                    "Checkpoints every run.checkpoint_every iterations; --resume continues a killed run. "
+                    "With validation data the mask threshold for `predict --save-mask` is chosen on it.")
     add_config_options(train)
+    add_input_options(train)
     train.add_argument("--out", required=True, help="run directory (logs, config.json, last.pt, best.pt)")
-    train.add_argument("--fold", type=int, help="hold out this cross-validation block for validation "
+    train.add_argument("--fold", type=int, help="ISBI: hold out this cross-validation block for validation "
                                                 "(default: train on all 30 slices, no validation)")
+    train.add_argument("--images", help="your training images: a TIFF/PNG file or a folder of slices")
+    train.add_argument("--labels", help="their labels, the same shape (file or folder)")
+    train.add_argument("--val-images", help="validation images (optional; file or folder)")
+    train.add_argument("--val-labels", help="validation labels")
+    train.add_argument("--normalize", choices=["auto", "dtype", "minmax", "percentile"],
+                       help="intensities to [0, 1]: dtype (integer data / its type's maximum), minmax, "
+                            "percentile (1st-99th, clipped); auto (default) = dtype for integer data, "
+                            "percentile for float data. Stored in the checkpoint for predict")
+    train.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="fine-tune: start from this checkpoint's weights (same network width and depth)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.set_defaults(func=_train)
 
     predict = commands.add_parser(
-        "predict", help="predict a stack with overlap-tile inference (submission format)",
-        description="Write P(cell) as a float32 TIFF stack in [0, 1], 1 = cell: the challenge's "
-                    "submission format.")
+        "predict", help="segment images with overlap-tile inference",
+        description="Write P(cell) as a float32 TIFF stack in [0, 1], 1 = cell (the challenge's "
+                    "submission format; ImageJ-compatible, with the input's pixel size), and "
+                    "optionally a binary mask and labelled cells. The input is normalised the way "
+                    "the checkpoint's training data was.")
     predict.add_argument("--checkpoint", required=True, help="a paper_unet checkpoint (last.pt or best.pt)")
-    predict.add_argument("--input", required=True, help="image stack, e.g. test-volume.tif")
-    predict.add_argument("--output", required=True, help="output TIFF")
+    predict.add_argument("--input", required=True,
+                         help="TIFF/PNG image or stack, or a folder of slices (e.g. test-volume.tif)")
+    predict.add_argument("--output", required=True, help="output TIFF: P(cell), float32")
+    predict.add_argument("--save-mask", metavar="MASK.tif",
+                         help="also write the binary mask (uint8, 255 = cell) at the checkpoint's "
+                              "validation-chosen threshold, else 0.5")
+    predict.add_argument("--save-cells", metavar="CELLS.tif",
+                         help="also write the cells: 4-connected components of the mask, uint16 (uint32 "
+                              "beyond 65,535 cells), ids unique over the stack")
+    predict.add_argument("--threshold", type=float, help="mask threshold P(cell) > t (overrides the stored one)")
+    add_input_options(predict)
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="average the 8 dihedral transforms (default: the checkpoint config's)")
-    predict.add_argument("--tile-size", type=int, help="input tile edge, a valid size such as 572 "
-                                                       "(default: one tile per slice)")
+    predict.add_argument("--tile-size", type=int, help="input tile edge, a valid size such as 572 (default: "
+                                                       "one tile per slice up to 1024 px, else 572-px tiles)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"])
     predict.add_argument("--quiet", action="store_true")
     predict.set_defaults(func=_predict)

@@ -1,7 +1,8 @@
 """Typed configuration with the paper's constants as defaults, and named profiles.
 
-Profiles live in reproduction/configs/*.toml (``paper``, ``cpu``, ``smoke``). A profile only
-overrides what differs from the defaults below; unknown sections or keys are rejected with the
+Profiles live in paper_unet/profiles/*.toml (``paper``, ``cpu``, ``smoke``), inside the package
+so that an installed wheel has them; reproduction/configs is a link to that folder for readers.
+A profile only overrides what differs from the defaults below; unknown sections or keys are rejected with the
 list of valid ones, so a typo cannot silently fall back to a default. The resolved configuration
 is saved with every run (config.json) and inside every checkpoint.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "load_config",
            "config_from_dict", "PROFILE_DIR", "profiles"]
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "reproduction" / "configs"
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DataConfig:
     rotate: bool = True  # [ours]
     flip: bool = True  # [ours]
     gray_values: bool = True  # [ours] gamma / contrast / brightness
+    normalize: str = "auto"  # [ours] intensities to [0, 1]: auto | dtype | minmax | percentile (images.py)
 
 
 @dataclass
@@ -130,6 +132,10 @@ def _validate(config: Config) -> None:
         raise ValueError(f"optim.warmup must be >= 0 and below optim.iterations ({o.iterations}), got {o.warmup}")
     if min(r.log_every, r.validate_every, r.checkpoint_every) < 1:
         raise ValueError("run: log_every, validate_every and checkpoint_every must be >= 1")
+    from paper_unet.images import NORMALIZATIONS
+
+    if config.data.normalize not in NORMALIZATIONS:
+        raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")
     if r.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"run.device must be auto, cpu or cuda, got {r.device!r}")
 
@@ -150,7 +156,7 @@ def profiles() -> list[str]:
 
 
 def load_config(profile: str | Path = "paper", overrides: list[str] | None = None) -> Config:
-    """A profile name (reproduction/configs/NAME.toml) or a TOML path, plus key=value overrides."""
+    """A profile name (paper_unet/profiles/NAME.toml) or a TOML path, plus key=value overrides."""
     path = Path(profile)
     if not path.suffix:
         path = PROFILE_DIR / f"{profile}.toml"

@@ -30,6 +30,7 @@ __all__ = [
     "THRESHOLDS",
     "WARPING_THRESHOLDS",
     "pixel_error",
+    "pixel_fscores",
     "rand_error",
     "warping_error",
     "vrand_thinned",
@@ -464,10 +465,15 @@ def _segmentation_scores(proposal, truth, thresholds, thinned: bool, want_rand: 
     return rand, vrand, vinfo
 
 
+def pixel_fscores(proposal, ground_truth) -> list[float]:
+    """The pixel F-score at each threshold of T11 (cell = positive class, counts over the stack)."""
+    p, g = _as_stacks(proposal, ground_truth)
+    return _pixel_fscores(p, g, THRESHOLDS)
+
+
 def pixel_error(proposal, ground_truth) -> float:
     """1 - max over T11 of the pixel F-score (cell = positive class, counts over the stack)."""
-    p, g = _as_stacks(proposal, ground_truth)
-    return 1.0 - max(_pixel_fscores(p, g, THRESHOLDS))
+    return 1.0 - max(pixel_fscores(proposal, ground_truth))
 
 
 def rand_error(proposal, ground_truth) -> float:

@@ -30,13 +30,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def provenance(command: str | None = None) -> dict:
-    """Commit, hardware and software of this run."""
+    """Commit, hardware and software of this run.
+
+    The commit is read from the source checkout that holds this package; an installed package
+    (a wheel in site-packages) is "not a git checkout", whatever repository happens to surround it.
+    """
+    from paper_unet import __version__
+
+    checkout = (REPO / ".git").exists() and (REPO / "pyproject.toml").is_file()
+
     def git(*args: str) -> str:
+        if not checkout:
+            return f"not a git checkout (installed paper_unet {__version__})"
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
                                   check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
-            return "unknown"
+            return "unknown (git failed)"
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -47,7 +57,7 @@ def provenance(command: str | None = None) -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
         "command": command or " ".join(sys.argv), "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--", "paper_unet", "reproduction")),
+        "dirty": checkout and bool(git("status", "--porcelain", "--", "paper_unet", "reproduction")),
         "cpu": cpu, "cpu_cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": gpu, "cuda": torch.version.cuda if gpu else None, "torch": str(torch.__version__),
         "python": platform.python_version(), "platform": platform.platform(),

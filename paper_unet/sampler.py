@@ -27,7 +27,20 @@ from paper_unet.augment import AugmentConfig, AugmentParams, augment_batch, draw
 from paper_unet.tiling import check_input_size, output_size
 from paper_unet.weights import estimate_class_weights, weight_map
 
-__all__ = ["TileSampler", "sample_seed"]
+__all__ = ["TileSampler", "sample_seed", "as_unit_float"]
+
+
+def as_unit_float(images: np.ndarray) -> np.ndarray:
+    """float32 intensities in [0, 1]: uint8 / 255 (ISBI), float data as it is (checked)."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0)
+    if images.dtype.kind != "f":
+        raise TypeError(f"training images must be uint8 or float in [0, 1], got {images.dtype}; "
+                        f"normalise them first (paper_unet.images.normalize)")
+    if images.size and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise ValueError("training images must lie in [0, 1]; normalise them first (paper_unet.images.normalize)")
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def sample_seed(seed: int, index: int, stream: int = 0) -> int:
@@ -39,7 +52,8 @@ class TileSampler(Dataset):
     """Map-style dataset of augmented training tiles (index -> sample, reproducible).
 
     Args:
-        images, labels: uint8 stacks (N, H, W); labels 0 = membrane, > 0 = cell.
+        images: (N, H, W) uint8 (divided by 255) or float in [0, 1] (`images.normalize`).
+        labels: (N, H, W); 0 = membrane, > 0 = cell.
         tile: input tile edge (a valid input size, 572 in the paper).
         depth: network depth, for the output size (388 for 572 at depth 5).
         length: number of samples (training iterations x batch size).
@@ -60,7 +74,7 @@ class TileSampler(Dataset):
         self.length, self.seed, self.stream = int(length), int(seed), int(stream)
         self.config = augment_config
         self.device = torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).to(self.device)
+        self.images = torch.from_numpy(as_unit_float(images)).to(self.device)
         self.labels = torch.from_numpy((labels > 0).astype(np.float32)).to(self.device)
         self.class_weights = estimate_class_weights(labels > 0)
         self.weights = torch.from_numpy(np.stack(

@@ -43,7 +43,7 @@ from paper_unet.sampler import TileSampler
 from paper_unet.tiling import predict_stack
 
 __all__ = ["train", "train_step", "TrainResult", "TrainingDiverged", "resolve_device", "build_model", "collective_spread",
-           "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "validate"]
+           "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint", "validate"]
 
 LOG_FIELDS = ["iteration", "loss", "lr", "seconds"]
 VAL_FIELDS = ["iteration", "pixel_error", "rand_error", "seconds"]
@@ -155,6 +155,21 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
                          f"{error}); it may be truncated, or not a paper_unet checkpoint") from error
 
 
+def load_weights(model: UNet, path: str | Path, device: torch.device | str = "cpu") -> None:
+    """Copy a checkpoint's network weights into ``model`` (fine-tuning), or say why they do not fit."""
+    state = load_checkpoint(path, device)
+    if "model" not in state:
+        raise ValueError(f"{path} is not a paper_unet checkpoint (no model weights)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        theirs = state.get("config", {}).get("model", {})
+        raise ValueError(f"{path} holds a different network (base_channels {theirs.get('base_channels')}, depth "
+                         f"{theirs.get('depth')}, variant {theirs.get('variant')}) than this run's config "
+                         f"(base_channels {model.base_channels}, depth {model.depth}, variant {model.variant}); "
+                         f"use the profile it was trained with, or --set model.base_channels=...") from error
+
+
 def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
     state = load_checkpoint(path, device)
     if "model" not in state or "config" not in state:
@@ -240,10 +255,14 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
 
 def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
           val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
-          resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train a UNet on (images, labels) uint8 stacks; write logs and checkpoints to ``out_dir``.
+          resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          init_from: str | Path | None = None) -> TrainResult:
+    """Train a UNet on (images, labels) stacks; write logs and checkpoints to ``out_dir``.
 
-    ``resume`` continues from ``out_dir/last.pt`` (it must hold the same config). ``stop_after``
+    Images are uint8 (divided by 255) or float in [0, 1]; labels 0 = membrane, > 0 = cell.
+    ``init_from`` starts from that checkpoint's weights (fine-tuning; the network's width and depth
+    must match; the optimiser starts afresh). ``resume`` continues from ``out_dir/last.pt`` (it must
+    hold the same config) and takes precedence over ``init_from``. ``stop_after``
     ends the run after that iteration (as if killed right after a checkpoint there). Under
     ``torchrun`` the processes train one model together (see `distributed`); only rank 0 logs,
     validates and writes checkpoints, and every rank resumes from them.
@@ -291,8 +310,12 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         monitors = state.get("monitors", monitors)  # absent in checkpoints before 0.2: restart them
         if main:
             print(f"resuming {out} from iteration {start}", file=sys.stderr)
-    elif resume and main:
-        print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
+    else:
+        if resume and main:
+            print(f"no checkpoint in {out}: starting {'from ' + str(init_from) if init_from else 'from scratch'}",
+                  file=sys.stderr)
+        if init_from is not None:
+            load_weights(model, init_from, device)
     if main:
         config.save(out / "config.json")
     if world > 1:
@@ -328,7 +351,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                 "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
                 "rng": rng, "world_size": world, "monitors": {**m, "running": float(running)},
                 "seconds": seconds_before + time.perf_counter() - started,
-                "version": __version__, "torch": str(torch.__version__)})
+                "version": __version__, "torch": str(torch.__version__),
+                "init_from": str(init_from) if init_from is not None else None})
 
     try:
         for it in bar:

@@ -44,7 +44,7 @@ def test_environment_yml_pins_match_pyproject():
         assert conda.get(name) == version, f"{name}: pyproject {version}, environment.yml {conda.get(name)}"
     text = (REPO / "environment.yml").read_text()
     python = re.search(r"python=(\d+\.\d+)", text).group(1)
-    assert tuple(map(int, python.split("."))) >= (3, 10)  # requires-python
+    assert tuple(map(int, python.split("."))) >= (3, 11)  # requires-python
     assert "-e ." in text
 
 

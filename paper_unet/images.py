@@ -1,0 +1,255 @@
+"""Your own microscopy: reading image stacks and labels, intensity normalisation, writing results.
+
+The network sees float intensities in [0, 1] (README "Deviations and decisions": the paper feeds
+its EM slices without a published normalisation; ISBI's uint8 slices are divided by 255).
+Researchers' data comes as uint8, uint16 or float32 TIFF (2-D, 3-D, multi-page, ImageJ
+hyperstacks) or as a folder of PNG / TIFF slices, so:
+
+- `read_images` reads a file or a folder (slices sorted by name) as (Z, H, W) plus the metadata
+  needed to write results that Fiji and napari open at the right scale (`ImageInfo`). Several
+  channels (RGB, or an ImageJ channel axis) are refused unless ``channel`` picks one.
+- `normalize` maps intensities to [0, 1]: ``dtype`` divides integer data by its type's maximum
+  (uint8 / 255, uint16 / 65535; float data must already lie in [0, 1]), ``minmax`` stretches the
+  stack's minimum and maximum to 0 and 1, ``percentile`` stretches its 1st and 99th percentiles and
+  clips. ``auto`` (the default) is ``dtype`` for integer data and ``percentile`` for float data.
+  The method is part of the run's config (``data.normalize``), saved in every checkpoint, so a
+  model predicts with the normalisation it was trained with.
+- `read_labels` accepts binary labels in the usual encodings (0/255, 0/1, bool, 0/any one value)
+  and labelled instance masks (one integer per cell, 0 = background), which become cells and
+  membranes: a cell pixel becomes membrane where a 4-neighbour belongs to another cell, so
+  touching cells are separated by a 2-px membrane (one pixel from each), and background stays
+  membrane.
+- `write_tiff` writes an ImageJ-compatible TIFF with the input's axes and pixel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+__all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "resolve_normalization",
+           "instance_to_binary", "write_tiff", "NORMALIZATIONS", "IMAGE_SUFFIXES"]
+
+NORMALIZATIONS = ("auto", "dtype", "minmax", "percentile")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+PERCENTILES = (1.0, 99.0)
+
+
+@dataclass
+class ImageInfo:
+    """Where a stack came from and what an output written beside it should carry."""
+
+    source: str
+    dtype: str
+    resolution: tuple[float, float] | None = None  # pixels per unit (x, y), as TIFF stores it
+    unit: str | None = None  # e.g. "micron", "nm"
+    spacing: float | None = None  # z step in ``unit``
+    files: list[str] = field(default_factory=list)  # the slices of a folder, in order
+
+
+def _pick_channel(array: np.ndarray, axes: str, channel: int | None, path: Path) -> tuple[np.ndarray, str]:
+    """Reduce a channel (C) or colour-sample (S) axis to one channel, or explain how to."""
+    for name in ("C", "S"):
+        if name not in axes:
+            continue
+        position = axes.index(name)
+        count = array.shape[position]
+        if count == 1:
+            array, axes = np.take(array, 0, axis=position), axes.replace(name, "")
+            continue
+        kind = "an RGB image" if name == "S" and count in (3, 4) else f"{count} channels"
+        if channel is None:
+            raise ValueError(f"{path} has {kind} ({axes} {array.shape}); the network reads one channel: "
+                             f"pick it with --channel K (0 to {count - 1})")
+        if not 0 <= channel < count:
+            raise ValueError(f"--channel {channel} does not exist in {path}: it has {count} (0 to {count - 1})")
+        array, axes = np.take(array, channel, axis=position), axes.replace(name, "")
+    return array, axes
+
+
+def _read_tiff(path: Path, channel: int | None, what: str) -> tuple[np.ndarray, ImageInfo]:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+            page = tif.pages[0]
+            imagej = tif.imagej_metadata or {}
+            resolution = None
+            if "XResolution" in page.tags and "YResolution" in page.tags:
+                x, y = page.tags["XResolution"].value, page.tags["YResolution"].value
+                x, y = x[0] / x[1], y[0] / y[1]
+                resolution = (x, y) if (x, y) != (1.0, 1.0) else None
+    except Exception as error:  # tifffile raises several types for truncated or foreign files
+        raise ValueError(f"{what} {path} is not a readable TIFF ({type(error).__name__}: {error}); "
+                         f"the file may be truncated or corrupt: replace it") from error
+    array, axes = _pick_channel(array, axes, channel, path)
+    for name in "TQI":  # time / unknown / sequence axes of length 1
+        if name in axes and array.shape[axes.index(name)] == 1:
+            array, axes = np.take(array, 0, axis=axes.index(name)), axes.replace(name, "")
+    info = ImageInfo(str(path), str(array.dtype), resolution, imagej.get("unit"), imagej.get("spacing"))
+    return array, info
+
+
+def _read_png(path: Path, channel: int | None, what: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image)
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"{what} {path} is not a readable PNG ({type(error).__name__}: {error}); "
+                         f"the file may be truncated or corrupt: replace it") from error
+    if array.ndim == 3:
+        array, _ = _pick_channel(array, "YXS", channel, path)
+    return array
+
+
+def read_images(path: str | Path, *, channel: int | None = None, what: str = "images"
+                ) -> tuple[np.ndarray, ImageInfo]:
+    """A TIFF or PNG file, or a folder of such slices (sorted by name), as (Z, H, W) and its info."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path} (check the path)")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(f"{what} folder {path} holds no .tif, .tiff or .png slices")
+        slices, info = [], None
+        for file in files:
+            array, file_info = read_images(file, channel=channel, what=what)
+            if array.shape[0] != 1:
+                raise ValueError(f"{what} folder {path}: {file.name} is a stack of {array.shape[0]} slices; "
+                                 f"a folder must hold single 2-D slices (or pass the stack file itself)")
+            if slices and array.shape[1:] != slices[0].shape:
+                raise ValueError(f"{what} folder {path}: {file.name} is {array.shape[1]}x{array.shape[2]} but "
+                                 f"{files[0].name} is {slices[0].shape[0]}x{slices[0].shape[1]}; all slices "
+                                 f"must have one size")
+            if slices and array.dtype != slices[0].dtype:
+                raise ValueError(f"{what} folder {path}: {file.name} is {array.dtype} but {files[0].name} is "
+                                 f"{slices[0].dtype}; all slices must have one type")
+            slices.append(array[0])
+            info = info or file_info
+        info = ImageInfo(str(path), info.dtype, info.resolution, info.unit, None, [f.name for f in files])
+        return np.stack(slices), info
+    if path.suffix.lower() == ".png":
+        array, info = _read_png(path, channel, what), ImageInfo(str(path), "")
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        array, info = _read_tiff(path, channel, what)
+    else:
+        raise ValueError(f"{what} {path}: unsupported file type '{path.suffix}' (use TIFF or PNG, or a folder of them)")
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"{what} {path} has shape {array.shape}; expected a 2-D image or a (Z, H, W) stack "
+                         f"(several channels: pick one with --channel K)")
+    if array.dtype.kind not in "uifb":
+        raise ValueError(f"{what} {path} has pixel type {array.dtype}; expected integer, float or bool values")
+    info.dtype = str(array.dtype)
+    return array, info
+
+
+def resolve_normalization(method: str, dtype: np.dtype | str) -> str:
+    """The method that ``auto`` stands for with this dtype (``dtype`` for integers, else ``percentile``)."""
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if method != "auto":
+        return method
+    return "dtype" if np.dtype(dtype).kind in "uib" else "percentile"
+
+
+def normalize(stack: np.ndarray, method: str = "auto") -> np.ndarray:
+    """Intensities in [0, 1] as float32 (Z, H, W), by ``method`` (see the module docstring)."""
+    method = resolve_normalization(method, stack.dtype)
+    if stack.dtype == np.uint8 and method == "dtype":
+        return stack.astype(np.float32) / np.float32(255.0)  # bit-identical to the ISBI path
+    data = stack.astype(np.float32)
+    if not np.isfinite(data).all():
+        raise ValueError("the images contain NaN or infinite values; clean them before training or predicting")
+    if method == "dtype":
+        if stack.dtype.kind == "b":
+            return data
+        if stack.dtype.kind in "ui":
+            info = np.iinfo(stack.dtype)
+            if info.min < 0:
+                raise ValueError(f"signed {stack.dtype} images have no [0, max] range; use --normalize minmax "
+                                 f"or --normalize percentile")
+            return data / np.float32(info.max)
+        lo, hi = float(data.min()), float(data.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"float images with values in [{lo:.4g}, {hi:.4g}] cannot be normalised by their "
+                             f"type; use --normalize percentile (or minmax)")
+        return data
+    if method == "minmax":
+        lo, hi = float(data.min()), float(data.max())
+    else:
+        lo, hi = (float(v) for v in np.percentile(data, PERCENTILES))
+    if hi <= lo:
+        raise ValueError(f"the images are constant (all {lo:.4g}) under --normalize {method}: nothing to segment")
+    return np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def instance_to_binary(instances: np.ndarray) -> np.ndarray:
+    """Labelled instance mask (Z, H, W) -> binary uint8 (1 = cell, 0 = membrane).
+
+    A cell pixel becomes membrane when a 4-neighbour belongs to another cell (so touching cells are
+    split by a 2-px line, one pixel of each); background (0) is membrane.
+    """
+    instances = np.asarray(instances)
+    cell = instances > 0
+    border = np.zeros_like(cell)
+    for axis in (-2, -1):
+        a = np.swapaxes(instances, axis, -1)
+        differs = (a[..., 1:] != a[..., :-1]) & (a[..., 1:] > 0) & (a[..., :-1] > 0)
+        b = np.swapaxes(border, axis, -1)
+        b[..., 1:] |= differs
+        b[..., :-1] |= differs
+    return (cell & ~border).astype(np.uint8)
+
+
+def read_labels(path: str | Path, *, what: str = "labels") -> tuple[np.ndarray, str]:
+    """Binary labels (Z, H, W) uint8, 1 = cell, 0 = membrane, and the encoding found.
+
+    Encodings: bool; two values 0 and v (0/1, 0/255, ...; v = cell); a labelled instance mask
+    (integers, several cell ids) -> `instance_to_binary`. Anything else is refused.
+    """
+    labels, _ = read_images(path, what=what)
+    if labels.dtype == bool:
+        return labels.astype(np.uint8), "bool"
+    values = np.unique(labels)
+    if len(values) <= 2 and (values[0] == 0 or len(values) == 1) and (values >= 0).all():
+        return (labels > 0).astype(np.uint8), f"binary 0/{values[-1]:g}"
+    if labels.dtype.kind in "ui" and (values >= 0).all():
+        return instance_to_binary(labels), f"instance mask ({len(values) - (values[0] == 0)} cell ids)"
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise ValueError(f"{what} {path} are neither binary (0 = membrane and one cell value, e.g. 0/255 or 0/1) "
+                     f"nor an integer instance mask (0 = background, one id per cell): found values {{{shown}}}")
+
+
+def write_tiff(path: str | Path, stack: np.ndarray, info: ImageInfo | None = None) -> Path:
+    """Write (Z, H, W) as an ImageJ hyperstack TIFF (uint8, uint16 or float32) with the axes and pixel
+    size of ``info``; other types (uint32 cell labels) as a plain TIFF. Written to a temporary file
+    and renamed, so a failure leaves nothing half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stack = np.asarray(stack)
+    imagej = stack.dtype in (np.uint8, np.uint16, np.float32)
+    kwargs: dict = {"photometric": "minisblack"}
+    if imagej:
+        metadata: dict = {"axes": "ZYX"}
+        if info is not None and info.unit:
+            metadata["unit"] = info.unit
+        if info is not None and info.spacing:
+            metadata["spacing"] = info.spacing
+        kwargs.update(imagej=True, metadata=metadata)
+    if info is not None and info.resolution:
+        kwargs["resolution"] = info.resolution
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tifffile.imwrite(tmp, stack, **kwargs)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,240 @@
+"""Your own data: TIFF (uint8/uint16/float32, stacks, hyperstacks) and PNG folders, normalisation,
+label encodings, fine-tuning, masks and cells, ImageJ output, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from paper_unet.cli import main
+from paper_unet.config import load_config
+from paper_unet.images import instance_to_binary, normalize, read_images, read_labels
+from paper_unet.segment import best_threshold, binary_mask, label_cells
+from paper_unet.train import load_checkpoint, model_from_checkpoint, train
+
+def save(path, array, **kwargs):
+    """Write a TIFF; a plain stack as grey slices (tifffile would store 3 slices as one RGB image)."""
+    kwargs.setdefault("photometric", "minisblack")
+    tifffile.imwrite(path, array, **kwargs)
+
+
+FAST = ["--profile", "smoke", "--quiet", "--set", "optim.iterations=2", "--set", "run.validate_every=2"]
+
+
+@pytest.fixture(scope="module")
+def em(isbi_dir):
+    """Real EM data: 3 ISBI slices cropped to 120x140, as uint16 with the full 16-bit range used."""
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:3, :120, :140]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3, :120, :140]
+    return images.astype(np.uint16) * 257, labels
+
+
+def write_png_folder(folder, stack):
+    folder.mkdir()
+    for z, image in enumerate(stack):
+        Image.fromarray(image).save(folder / f"slice_{z:03d}.png")
+    return folder
+
+
+def test_the_three_encodings_of_the_same_data_give_the_same_prediction(em, tmp_path):
+    images, labels = em
+    save(tmp_path / "img16.tif", images)
+    save(tmp_path / "img32.tif", images.astype(np.float32))
+    write_png_folder(tmp_path / "png", images)
+    save(tmp_path / "labels.tif", labels)
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--images", str(tmp_path / "img16.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--normalize", "minmax", "--out", str(run)]) == 0
+    predictions = []
+    for name in ("img16.tif", "img32.tif", "png"):
+        out = tmp_path / f"p_{name}.tif"
+        assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(tmp_path / name),
+                     "--output", str(out), "--quiet"]) == 0
+        predictions.append(tifffile.imread(out))
+    assert predictions[0].shape == images.shape and predictions[0].dtype == np.float32
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+    np.testing.assert_array_equal(predictions[0], predictions[2])
+    stack, info = read_images(tmp_path / "png")
+    assert stack.dtype == np.uint16 and info.files == ["slice_000.png", "slice_001.png", "slice_002.png"]
+
+
+def test_auto_normalisation_by_dtype_and_percentile():
+    u16 = np.array([[[0, 65535], [32768, 1000]]], np.uint16)
+    np.testing.assert_allclose(normalize(u16), u16 / 65535.0, rtol=1e-7)
+    u8 = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    assert np.array_equal(normalize(u8), u8.astype(np.float32) / np.float32(255))  # the ISBI path
+    floats = np.linspace(-5, 500, 101, dtype=np.float32).reshape(1, 1, 101)
+    out = normalize(floats)  # auto = percentile for float data: 1st -> 0, 99th -> 1, clipped
+    assert out.min() == 0 and out.max() == 1 and out[0, 0, 50] == pytest.approx(0.5, abs=1e-6)
+    np.testing.assert_allclose(normalize(floats, "minmax")[0, 0, [0, 100]], [0, 1])
+    with pytest.raises(ValueError, match="--normalize percentile"):
+        normalize(floats, "dtype")
+
+
+def test_a_checkpoint_predicts_with_the_normalisation_it_was_trained_with(em, tmp_path):
+    images, labels = em
+    save(tmp_path / "img.tif", images.astype(np.float32) * 3.0 - 7.0)  # float, not in [0, 1]
+    save(tmp_path / "labels.tif", labels)
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--out", str(run)]) == 0
+    model, config = model_from_checkpoint(run / "last.pt")
+    assert config.data.normalize == "percentile"  # what "auto" meant for float data, recorded
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(tmp_path / "img.tif"),
+                 "--output", str(tmp_path / "p.tif"), "--quiet"]) == 0
+    from paper_unet.tiling import predict_stack
+    raw = tifffile.imread(tmp_path / "img.tif")
+    expected = predict_stack(model, normalize(raw, "percentile"), tta=config.run.tta, progress=False)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "p.tif"), expected)
+    other = predict_stack(model, normalize(raw, "minmax"), tta=config.run.tta, progress=False)
+    assert np.abs(other - expected).max() > 1e-4  # the normalisation matters, and the stored one is used
+
+
+def test_fine_tuning_starts_from_the_checkpoint_weights(em, tmp_path):
+    images, labels = em
+    values = ["optim.iterations=2", "run.log_every=1", "run.checkpoint_every=2", "model.dropout=0.0",
+              "run.bf16=false", "run.channels_last=false"]
+    config = load_config("smoke", values)
+    train(config, images[:2].astype(np.float32) / 65535, labels[:2], tmp_path / "a", progress=False)
+    tuned = load_config("smoke", values + ["run.seed=7"])
+    floats = images.astype(np.float32) / 65535
+    train(tuned, floats, labels, tmp_path / "b", progress=False, init_from=tmp_path / "a" / "last.pt")
+    # the loss at step 0 of the fine-tuning = the checkpoint's network on the fine-tuning's first tile
+    from paper_unet.loss import weighted_cross_entropy
+    from paper_unet.sampler import TileSampler
+    from paper_unet.train import augment_config
+    model, _ = model_from_checkpoint(tmp_path / "a" / "last.pt")
+    sampler = TileSampler(floats, labels, tile=tuned.data.tile, depth=tuned.model.depth, length=2, seed=7,
+                          augment_config=augment_config(tuned))
+    x, y, w = sampler.batch([0])
+    with torch.no_grad():
+        expected = float(weighted_cross_entropy(model.train()(x), y, w))
+    first = float((tmp_path / "b" / "train_log.csv").read_text().splitlines()[1].split(",")[1])
+    assert first == pytest.approx(expected, abs=2e-6)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["init_from"].endswith("last.pt")
+    # a network of another width is refused with a message that says what to do
+    wide = load_config("smoke", values + ["model.base_channels=8"])
+    with pytest.raises(ValueError, match="different network"):
+        train(wide, floats, labels, tmp_path / "c", progress=False, init_from=tmp_path / "a" / "last.pt")
+
+
+def test_instance_masks_become_cells_and_membranes():
+    instances = np.array([[[1, 1, 2, 2, 0],
+                           [1, 1, 2, 2, 0],
+                           [3, 3, 3, 0, 0]]], np.uint16)
+    expected = np.array([[[1, 0, 0, 1, 0],  # (1, 3) keeps its cell: its other neighbours are background
+                          [0, 0, 0, 1, 0],
+                          [0, 0, 0, 0, 0]]], np.uint8)
+    np.testing.assert_array_equal(instance_to_binary(instances), expected)
+
+
+@pytest.mark.parametrize("encoding", ["0/255", "0/1", "bool", "instances"])
+def test_label_encodings(tmp_path, encoding):
+    cell = np.zeros((1, 6, 6), bool)
+    cell[0, 1:5, 1:5] = True
+    stored = {"0/255": cell.astype(np.uint8) * 255, "0/1": cell.astype(np.uint8), "bool": cell,
+              "instances": cell.astype(np.uint16) * 9}[encoding]
+    save(tmp_path / "l.tif", stored)
+    labels, found = read_labels(tmp_path / "l.tif")
+    np.testing.assert_array_equal(labels, cell.astype(np.uint8))  # one cell: every encoding agrees
+    two = cell.astype(np.uint16)
+    two[0, 3:5, 1:5] = 2  # a second cell touching the first
+    save(tmp_path / "two.tif", two)
+    labels, found = read_labels(tmp_path / "two.tif")
+    assert found.startswith("instance mask") and labels[0, 2:4, 1:5].sum() == 0  # the 2-px line between
+
+
+def test_masks_cells_and_imagej_output(em, tmp_path):
+    images, labels = em
+    save(tmp_path / "img.tif", images[:2], imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"axes": "ZYX", "unit": "micron", "spacing": 0.05})
+    save(tmp_path / "labels.tif", labels[:2])
+    save(tmp_path / "val.tif", images[2:])
+    save(tmp_path / "val_labels.tif", labels[2:])
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--val-images", str(tmp_path / "val.tif"), "--val-labels", str(tmp_path / "val_labels.tif"),
+                 "--out", str(run)]) == 0
+    threshold = load_checkpoint(run / "last.pt")["threshold"]
+    assert 0 <= threshold <= 1
+    outputs = {name: tmp_path / f"{name}.tif" for name in ("p", "mask", "cells")}
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(tmp_path / "img.tif"),
+                 "--output", str(outputs["p"]), "--save-mask", str(outputs["mask"]),
+                 "--save-cells", str(outputs["cells"]), "--quiet"]) == 0
+    probabilities = tifffile.imread(outputs["p"])
+    mask, cells = tifffile.imread(outputs["mask"]), tifffile.imread(outputs["cells"])
+    np.testing.assert_array_equal(mask, binary_mask(probabilities, threshold))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(cells, label_cells(mask))
+    assert cells.dtype == np.uint16 and ((cells > 0) == (mask > 0)).all()
+    for path in outputs.values():  # Fiji and napari read the scale
+        with tifffile.TiffFile(path) as tif:
+            assert tif.is_imagej and tif.imagej_metadata["unit"] == "micron"
+            assert tif.imagej_metadata["spacing"] == pytest.approx(0.05)
+            x = tif.pages[0].tags["XResolution"].value
+            assert x[0] / x[1] == pytest.approx(250.0)
+
+
+def test_best_threshold_and_cells_by_hand():
+    truth = np.array([[[1, 1, 0, 1]]], np.uint8)
+    probabilities = np.array([[[0.9, 0.65, 0.55, 0.7]]], np.float32)
+    assert best_threshold(probabilities, truth) == pytest.approx(0.6)  # P > 0.6 is exactly the truth
+    cells = label_cells(np.array([[[255, 0, 255]], [[255, 255, 0]]], np.uint8))
+    np.testing.assert_array_equal(cells, [[[1, 0, 2]], [[3, 3, 0]]])
+
+
+def bad_inputs(tmp_path, em):
+    images, labels = em
+    cases = {}
+    rgb = np.stack([images[0] // 257] * 3, axis=-1).astype(np.uint8)
+    save(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    cases["rgb"] = (["--images", str(tmp_path / "rgb.tif")], "--channel")
+    save(tmp_path / "two.tif", np.stack([images[:2], images[:2]], axis=1), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    cases["two channels"] = (["--images", str(tmp_path / "two.tif")], "2 channels")
+    (tmp_path / "empty").mkdir()
+    cases["empty folder"] = (["--images", str(tmp_path / "empty")], "holds no")
+    mixed = write_png_folder(tmp_path / "mixed", images[:2])
+    Image.fromarray(images[2, :100]).save(mixed / "slice_009.png")
+    cases["mixed sizes"] = (["--images", str(mixed)], "one size")
+    save(tmp_path / "img.tif", images)
+    save(tmp_path / "short_labels.tif", labels[:2])
+    cases["label shape"] = (["--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "short_labels.tif")],
+                            "must match slice for slice")
+    save(tmp_path / "soft.tif", np.where(labels > 0, 0.7, 0.2).astype(np.float32))
+    cases["non-binary labels"] = (["--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "soft.tif")],
+                                  "neither binary")
+    good = (tmp_path / "img.tif").read_bytes()
+    (tmp_path / "corrupt.tif").write_bytes(good[: len(good) // 3])
+    cases["corrupt"] = (["--images", str(tmp_path / "corrupt.tif")], "truncated or corrupt")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["rgb", "two channels", "empty folder", "mixed sizes", "label shape",
+                                  "non-binary labels", "corrupt"])
+def test_bad_inputs_fail_clearly_and_write_nothing(em, tmp_path, capsys, case):
+    save(tmp_path / "labels.tif", em[1])
+    args, message = bad_inputs(tmp_path, em)[case]
+    if "--labels" not in args:
+        args = [*args, "--labels", str(tmp_path / "labels.tif")]
+    out = tmp_path / "run"
+    assert main(["train", *FAST, *args, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert message in error, error
+    assert not out.exists()
+    if case in ("rgb", "two channels", "corrupt"):  # predict refuses the same input the same way
+        save(tmp_path / "p_in.tif", em[0][:1])
+        assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), "--input", args[1],
+                     "--output", str(tmp_path / "p.tif")]) == 2
+        assert not (tmp_path / "p.tif").exists()
+
+
+def test_a_channel_can_be_picked(em, tmp_path):
+    images, _ = em
+    save(tmp_path / "two.tif", np.stack([images[:2], images[:2] // 2], axis=1), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    stack, _ = read_images(tmp_path / "two.tif", channel=1)
+    np.testing.assert_array_equal(stack, images[:2] // 2)
