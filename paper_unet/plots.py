@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_weight_map", "plot_augmented_samples"]
+__all__ = ["plot_weight_map", "plot_augmented_samples", "plot_loss_curves"]
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -54,4 +54,25 @@ def plot_augmented_samples(samples: list[tuple], path: str | Path) -> Path:
     axes[0, 0].set_title("input tile (output area)")
     axes[0, 1].set_title("labels")
     axes[0, 2].set_title("weights")
+    return _save(fig, path)
+
+
+def plot_loss_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
+                     validations: dict[str, list[dict]] | None = None, title: str = "") -> Path:
+    """Training loss per run (raw, faint, and a moving average), with validation Rand errors beside it."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for (name, (iterations, loss)), colour in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        ax_loss.plot(iterations, loss, color=colour, alpha=0.25, linewidth=0.8)
+        window = min(10, len(loss))
+        if window:
+            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+            ax_loss.plot(iterations[window - 1:], smooth, color=colour, label=name)
+        for row in (validations or {}).get(name, []):
+            ax_val.scatter(row["iteration"], row["rand_error"], color=colour, marker="o")
+            ax_val.scatter(row["iteration"], row["pixel_error"], color=colour, marker="x")
+        ax_val.plot([], [], color=colour, marker="o", linestyle="", label=f"{name}: Rand (o), pixel (x)")
+    ax_loss.set(xlabel="iteration", ylabel="weighted cross entropy (mean of 10 logged values)", title=title)
+    ax_val.set(xlabel="iteration", ylabel="validation error (no TTA)", title="held-out block", yscale="log")
+    ax_loss.legend()
+    ax_val.legend(fontsize=8)
     return _save(fig, path)

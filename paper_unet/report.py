@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report", "PAPER_TABLE1", "prediction_method", "single_tile"]
+__all__ = ["write_report", "write_lr_check", "PAPER_TABLE1", "prediction_method", "single_tile"]
 
 # Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
 PAPER_TABLE1 = [
@@ -263,4 +263,82 @@ Submission (float32 TIFF, 1 = cell): `{Path(summary.get('submission', '')).name}
     (results / "README.md").write_text(text)
     (results / "summary.json").write_text(json.dumps(
         {k: v for k, v in summary.items() if k != "folds"} | {"cv_mean": mean, "cv_std": std}, indent=2) + "\n")
+    return results / "README.md"
+
+
+def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-rate check") -> Path:
+    """results/ for a `reproduce.tune_learning_rate` run: README table, loss-curve CSV and figure.
+
+    One row per rate: steps run, wall time, the final smoothed loss (mean of the last 10 logged
+    values), each validation, and whether training stopped (divergence or collapse). A hand-written
+    ``NOTES.md`` in ``results`` is appended.
+    """
+    from paper_unet.plots import plot_loss_curves
+
+    run, results = Path(run), Path(results)
+    data = json.loads((run / "lr_search.json").read_text())
+    results.mkdir(parents=True, exist_ok=True)
+    curves, validations, csv_rows = {}, {}, []
+    for row in data["rows"]:
+        name = f"lr {row['lr']:g}"
+        log = _read_csv(run / f"lr_{row['lr']:g}" / "train_log.csv")
+        curves[name] = (np.array([int(r["iteration"]) for r in log]), np.array([float(r["loss"]) for r in log]))
+        validations[name] = row.get("validation", [])
+        csv_rows += [{"lr": f"{row['lr']:g}", **r} for r in log]
+    _write_csv(results / "loss_curves.csv", csv_rows)
+    plot_loss_curves(curves, results / "loss_curves.png", validations, title=title)
+    every = sorted({int(v["iteration"]) for rows in validations.values() for v in rows})
+    head = "| lr | steps | wall time (min) | final smoothed loss | " + " | ".join(
+        f"val pixel @{i} | val Rand @{i}" for i in every) + " | stopped |"
+    lines = [head, "|" + "---|" * (5 + 2 * len(every))]
+    for row in data["rows"]:
+        name = f"lr {row['lr']:g}"
+        _, loss = curves[name]
+        smoothed = float(loss[-10:].mean()) if len(loss) else math.nan
+        by_step = {int(v["iteration"]): v for v in validations[name]}
+        cells = " | ".join(f"{_fmt(by_step[i]['pixel_error'], 4)} | {_fmt(by_step[i]['rand_error'], 4)}"
+                           if i in by_step else "- | -" for i in every)
+        stopped = "no" if row["status"] == "ok" else row["status"].replace("|", "/")
+        steps = int(curves[name][0][-1]) if len(loss) else 0
+        lines.append(f"| {row['lr']:g} | {steps} | {row['seconds'] / 60:.1f} | {_fmt(smoothed, 4)} | {cells} | {stopped} |")
+    p, config = data["provenance"], data["config"]
+    m, o, d, r = config["model"], config["optim"], config["data"], config["run"]
+    steps = max(row["iterations"] for row in data["rows"])
+    decay_at = o["lr_decay_at"] * o["iterations"]
+    schedule = (f"the first {steps} steps of the profile's own schedule ({o['iterations']} iterations, x{o['lr_decay']:g} "
+                f"from iteration {decay_at:.0f}: {'not reached' if steps <= decay_at else 'reached'} here)"
+                if data.get("keep_schedule") else "a complete short schedule per rate (its decay included)")
+    collapse = (f"the collapse check (a constant output for {o['collapse_patience']} log intervals in a row)"
+                if o["collapse_patience"] else "the collapse check was off;")
+    hardware = p["gpu"] or f"{p['cpu']} ({p['cpu_cores']} cores, {p['torch_threads']} torch threads), no GPU"
+    text = f"""# {title}
+
+Profile `{config['name']}`: UNet width {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}; tile {d['tile']};
+SGD momentum {o['momentum']}, batch {o['batch_size']}; bf16 autocast {r['bf16']}, channels_last {r['channels_last']};
+fold {data['rows'][0]['fold']} (train on the other blocks, validate on its block, no TTA); seed {r['seed']};
+{schedule}.
+
+{chr(10).join(lines)}
+
+Loss logged every {r['log_every']} steps (the mean over those steps): `loss_curves.csv`; figure: `loss_curves.png`.
+Checks during training: {collapse} and the divergence check (the smoothed loss above
+{o['divergence_factor']:g}x its start); "stopped" says whether one of them ended a run.
+
+![loss curves](loss_curves.png)
+
+## Provenance
+
+| | |
+|---|---|
+| command | `{p['command']}` |
+| commit | `{p['commit']}`{" (uncommitted changes)" if p.get('dirty') else ""} |
+| hardware | {hardware} |
+| software | torch {p['torch']}, Python {p['python']} |
+| started (UTC) | {p['date_utc']} |
+| wall time | {sum(row['seconds'] for row in data['rows']) / 60:.1f} min for all rates |
+"""
+    notes = results / "NOTES.md"
+    if notes.is_file():
+        text += "\n" + notes.read_text()
+    (results / "README.md").write_text(text)
     return results / "README.md"

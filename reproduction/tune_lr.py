@@ -5,7 +5,7 @@ A complete short schedule per rate (the search of the `cpu` profile):
 The first steps of the profile's own schedule, validated on the way (the `paper` profile's check):
     python reproduction/tune_lr.py --profile paper --fold 2 --rates 1e-4 3e-4 1e-3 --iterations 600 \\
         --keep-schedule --validate-every 300 --set run.bf16=true --set run.channels_last=true \\
-        --out runs/lr_paper
+        --out runs/lr_paper --results results/paper_lr_check
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from paper_unet.config import load_config
 from paper_unet.data import load_isbi2012
+from paper_unet.report import write_lr_check
 from paper_unet.reproduce import tune_learning_rate
 
 
@@ -34,11 +35,21 @@ def main() -> None:
                         help="override a config value, e.g. run.bf16=true (repeatable)")
     parser.add_argument("--out", default="runs/lr_search")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--results", help="also write a report there (README table, loss-curve CSV, figure)")
+    parser.add_argument("--report-only", action="store_true", help="only write --results from an existing --out")
+    parser.add_argument("--title", default="Learning-rate check", help="the report's title")
     args = parser.parse_args()
+    if args.report_only:
+        if not args.results:
+            parser.error("--report-only needs --results")
+        print(write_lr_check(args.out, args.results, args.title))
+        return
     tune_learning_rate(load_config(args.profile, args.set), load_isbi2012(args.data_dir), Path(args.out),
                        args.rates, args.iterations, args.fold, progress=not args.quiet,
                        keep_schedule=args.keep_schedule, validate_every=args.validate_every,
                        command=shlex.join(["python", *sys.argv]))
+    if args.results:
+        print(write_lr_check(args.out, args.results, args.title))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,21 @@ def test_report_derives_folds_tile_and_tta_from_the_run(isbi_dir, tmp_path, monk
     method = prediction_method({"run": {"tta": tta}})
     assert ("TTA (8 dihedral" in method) == tta and method in readme
     assert f"predicted P(cell), {method}" in titles
+
+
+def test_learning_rate_check_report(isbi_dir, tmp_path):
+    from paper_unet.config import load_config
+    from paper_unet.data import load_isbi2012
+    from paper_unet.report import write_lr_check
+    from paper_unet.reproduce import tune_learning_rate
+
+    config = load_config("smoke", ["optim.iterations=10", "run.log_every=1"])
+    rows = tune_learning_rate(config, load_isbi2012(isbi_dir), tmp_path / "run", [1e-3, 3e-3], 4, fold=0,
+                              progress=False, keep_schedule=True, validate_every=2)
+    assert [len(r["validation"]) for r in rows] == [2, 2]  # steps 2 and 4, not the schedule's end
+    readme = write_lr_check(tmp_path / "run", tmp_path / "results").read_text()
+    assert "| 0.001 | 4 |" in readme and "| 0.003 | 4 |" in readme and "val Rand @4" in readme
+    assert "first 4 steps of the profile's own schedule (10 iterations, x0.1 from iteration 8: not reached" in readme
+    csv_text = (tmp_path / "results" / "loss_curves.csv").read_text().splitlines()
+    assert csv_text[0].startswith("lr,iteration,loss") and len(csv_text) == 1 + 2 * 4
+    assert (tmp_path / "results" / "loss_curves.png").stat().st_size > 1000
