@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AugmentConfig", "AugmentParams", "draw_params", "sampling_grid", "resample", "augment",
-           "augment_batch"]
+           "augment_batch", "to_device"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,14 @@ def _is_identity_gray(params: AugmentParams) -> bool:
     return params.gamma == 1.0 and params.contrast == 1.0 and params.brightness == 0.0
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to ``device`` without waiting for the device: through pinned memory
+    (a copy from pageable memory would first wait for the device's queued work to finish)."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor | None,
                   params: list[AugmentParams], tile: int, out_tile: int
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -161,28 +169,26 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
             labels and weights may be None.
         params: N parameter draws (`draw_params`), as for `augment`.
     Returns (N, tile, tile) images and (N, out_tile, out_tile) labels and weights: the same values
-    as N calls of `augment` (the same float32 operations, batched).
+    as N calls of `augment` (the same float32 operations, batched). The parameters travel to the
+    device in one asynchronous copy, so the host never waits for the device here.
     """
     n = len(params)
     if images.ndim != 3 or images.shape[0] != n:
         raise ValueError(f"images {tuple(images.shape)} must be (N, H, W) with N = {n} parameter draws")
     device = images.device
     height, width = images.shape[-2:]
+    packed = to_device(torch.tensor(  # one row per sample, rounded to float32 like a Python scalar
+        [[p.center[0], p.center[1], math.cos(p.angle), math.sin(p.angle), float(p.flip), p.gamma, p.contrast,
+          p.brightness, *p.displacement.flatten().tolist()] for p in params], dtype=torch.float32), device)
+    cy, cx, cos, sin, flip, gamma, contrast, brightness = (packed[:, i, None, None] for i in range(8))
+    displacement = packed[:, 8:].reshape(n, *params[0].displacement.shape)
     c = (tile - 1) / 2
     axis = torch.arange(tile, dtype=torch.float32, device=device) - c
     v, u = torch.meshgrid(axis, axis, indexing="ij")
-
-    def column(values: list[float]) -> torch.Tensor:  # (N, 1, 1) float32, rounded like a scalar
-        return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)[:, None, None]
-
-    flips = torch.tensor([p.flip for p in params]).to(device, non_blocking=True)[:, None, None]
-    u = torch.where(flips, -u, u)
-    cos = column([math.cos(p.angle) for p in params])
-    sin = column([math.sin(p.angle) for p in params])
-    displacement = torch.stack([p.displacement for p in params]).to(device, non_blocking=True)
+    u = torch.where(flip > 0.5, -u, u)
     field = F.interpolate(displacement, size=(tile, tile), mode="bicubic", align_corners=True)
-    y = column([p.center[0] for p in params]) + cos * v + sin * u + field[:, 0]
-    x = column([p.center[1] for p in params]) - sin * v + cos * u + field[:, 1]
+    y = cy + cos * v + sin * u + field[:, 0]
+    x = cx - sin * v + cos * u + field[:, 1]
     grid = torch.stack([2 * x / max(width - 1, 1) - 1, 2 * y / max(height - 1, 1) - 1], dim=-1)
 
     def sample(array: torch.Tensor, where: torch.Tensor, mode: str) -> torch.Tensor:
@@ -190,12 +196,10 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
                              align_corners=True)[:, 0]
 
     image_tiles = sample(images, grid, "bicubic").clamp(0, 1)
-    changed = [i for i, p in enumerate(params) if not _is_identity_gray(p)]
-    if changed:  # gray values only where drawn: (x - 0.5) + 0.5 is not exact in float32
-        part = image_tiles[changed].pow(column([params[i].gamma for i in changed]))
-        part = (part - 0.5) * column([params[i].contrast for i in changed]) + 0.5
-        part = (part + column([params[i].brightness for i in changed])).clamp(0, 1)
-        image_tiles = image_tiles.index_copy(0, torch.tensor(changed, device=device), part)
+    if not all(_is_identity_gray(p) for p in params):  # decided on the host, from the draws
+        changed = (gamma != 1) | (contrast != 1) | (brightness != 0)
+        varied = ((image_tiles.pow(gamma) - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+        image_tiles = torch.where(changed, varied, image_tiles)  # (x - 0.5) + 0.5 is not exact in float32
     margin = (tile - out_tile) // 2
     inner = grid[:, margin : margin + out_tile, margin : margin + out_tile]
     label_tiles = sample(labels, inner, "nearest") if labels is not None else None

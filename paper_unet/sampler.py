@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from paper_unet.augment import AugmentConfig, AugmentParams, augment_batch, draw_params
+from paper_unet.augment import AugmentConfig, AugmentParams, augment_batch, draw_params, to_device
 from paper_unet.tiling import check_input_size, output_size
 from paper_unet.weights import estimate_class_weights, weight_map
 
@@ -98,7 +98,7 @@ class TileSampler(Dataset):
         """Samples ``indices`` stacked on the device: (N, 1, tile, tile) images, (N, out, out) int64
         labels and float32 weights, one augmentation pass for the batch."""
         draws = [self.draw(int(i)) for i in indices]
-        slices = torch.tensor([z for z, _ in draws]).to(self.device, non_blocking=True)
+        slices = to_device(torch.tensor([z for z, _ in draws]), self.device)
         image, label, weight = augment_batch(self.images[slices], self.labels[slices], self.weights[slices],
                                              [p for _, p in draws], self.tile, self.out_tile)
         return image[:, None], label.round().long(), weight

@@ -373,3 +373,26 @@ def test_a_collapsed_network_stops_with_a_clear_message(tiny_data, tmp_path, mon
         train(config_from_dict(values), *tiny_data, tmp_path, progress=False)
     assert output_spread(torch.zeros(1, 2, 4, 4)) == 0.0
     assert output_spread(torch.randn(1, 2, 4, 4)) > 0.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_does_not_synchronise_with_the_gpu(tiny_data):
+    """Sampling (augmentation on the GPU) and the step queue work without waiting for the device."""
+    from paper_unet.sampler import TileSampler
+    from paper_unet.train import train_step
+    from paper_unet.model import UNet
+    images, labels = tiny_data
+    sampler = TileSampler(images, labels, tile=188, length=4, seed=0, device="cuda")
+    model = UNet(base_channels=4).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.99)
+    x, y, w = sampler.batch([0])
+    train_step(model, optimizer, x, y, w)  # warm-up: allocations, cuDNN plans
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in (1, 2, 3):
+            x, y, w = sampler.batch([i])
+            train_step(model, optimizer, x, y, w, bf16=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
