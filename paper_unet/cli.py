@@ -102,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _device(name: str):
-    from paper_unet.train import resolve_device
+    from paper_unet.distributed import resolve_device
 
     return resolve_device(name)
 
@@ -113,7 +113,7 @@ def _predict(args: argparse.Namespace) -> int:
     from paper_unet.images import normalize, read_images, write_tiff
     from paper_unet.segment import DEFAULT_THRESHOLD, binary_mask, label_cells
     from paper_unet.tiling import predict_stack, valid_input_size
-    from paper_unet.train import load_checkpoint, model_from_checkpoint
+    from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
 
     raw, info = read_images(args.input, channel=args.channel, what="input")  # bad input: fail first
     device = _device(args.device or "auto")
@@ -159,7 +159,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     isbi = load_isbi2012(args.data_dir)
     summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
                                command=args.command_line, only_fold=args.only_fold)
-    from paper_unet.train import is_main_process
+    from paper_unet.distributed import is_main_process
 
     if args.only_fold is not None or not is_main_process():
         return 0

@@ -71,6 +71,7 @@ class RunConfig:
     bf16: bool = False  # bf16 autocast (for CUDA; also works on the CPU)
     channels_last: bool = False
     compile: bool = False  # torch.compile
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 
 
 @dataclass
@@ -136,6 +137,8 @@ def _validate(config: Config) -> None:
 
     if config.data.normalize not in NORMALIZATIONS:
         raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")
+    if r.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise ValueError(f"run.compile_mode must be default, reduce-overhead or max-autotune, got {r.compile_mode!r}")
     if r.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"run.device must be auto, cpu or cuda, got {r.device!r}")
 

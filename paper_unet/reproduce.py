@@ -148,7 +148,9 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     all processes train together and rank 0 alone predicts, scores and writes.
     """
     from paper_unet.tiling import predict_stack
-    from paper_unet.train import distributed, model_from_checkpoint, resolve_device, train
+    from paper_unet.checkpoint import model_from_checkpoint
+    from paper_unet.distributed import distributed, resolve_device
+    from paper_unet.train import train
 
     out = Path(out)
     main = distributed()[0] == 0

@@ -51,7 +51,8 @@ def calibrate_checkpoint(checkpoint: str | Path, images: np.ndarray, labels: np.
     """Predict held-out ``images`` with the checkpoint (its TTA setting), store the best threshold in it
     (``threshold``, rewritten atomically) and return it."""
     from paper_unet.tiling import predict_stack
-    from paper_unet.train import load_checkpoint, model_from_checkpoint, resolve_device, save_checkpoint
+    from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from paper_unet.distributed import resolve_device
 
     device = resolve_device("auto") if device is None else device
     model, config = model_from_checkpoint(checkpoint, device)

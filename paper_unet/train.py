@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -36,14 +35,19 @@ import torch
 
 from paper_unet import __version__
 from paper_unet.augment import AugmentConfig
-from paper_unet.config import Config, config_from_dict
+from paper_unet.config import Config
+from paper_unet.checkpoint import (build_model, load_checkpoint, load_weights, model_from_checkpoint,
+                                   save_checkpoint)
+from paper_unet.distributed import distributed, is_main_process, reduce_min, resolve_device
 from paper_unet.loss import weighted_cross_entropy
 from paper_unet.model import UNet
 from paper_unet.sampler import TileSampler
 from paper_unet.tiling import predict_stack
 
-__all__ = ["train", "train_step", "TrainResult", "TrainingDiverged", "resolve_device", "build_model", "collective_spread",
-           "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint", "validate"]
+# the checkpoint and distributed names are re-exported here for code that imported them from train
+__all__ = ["train", "train_step", "TrainResult", "TrainingDiverged", "collective_spread", "validate",
+           "learning_rate", "augment_config", "resolve_device", "build_model", "distributed", "is_main_process",
+           "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint"]
 
 LOG_FIELDS = ["iteration", "loss", "lr", "seconds"]
 VAL_FIELDS = ["iteration", "pixel_error", "rand_error", "seconds"]
@@ -71,13 +75,7 @@ def collective_spread(logits: torch.Tensor, world: int) -> float:
     instead of leaving the others waiting in the next all-reduce.
     """
     spread = output_spread(logits)
-    if world > 1:
-        import torch.distributed as dist
-
-        value = torch.tensor([spread], dtype=torch.float64, device=logits.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        spread = float(value.item())
-    return spread
+    return reduce_min(spread, logits.device) if world > 1 else spread
 
 
 @dataclass
@@ -91,93 +89,11 @@ class TrainResult:
     monitors: dict | None = None  # the loss monitors at the end (as saved in checkpoints)
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group under torchrun (WORLD_SIZE > 1).
-
-    Data-parallel training (DDP): every process draws its own tile per step (sample stream = rank),
-    gradients are averaged across processes, so the effective batch is world_size x batch_size.
-    Backend: NCCL when CUDA is available, else gloo (CPU).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main_process() -> bool:
-    return distributed()[0] == 0
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available: use "
-                           "--device cpu (and a CPU profile such as `cpu` or `smoke`)")
-    return torch.device(name)
-
-
-def build_model(config: Config) -> UNet:
-    m = config.model
-    return UNet(m.in_channels, m.num_classes, m.base_channels, m.depth, m.dropout, m.variant)
-
-
 def augment_config(config: Config) -> AugmentConfig:
     d = config.data
     fixed = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=(0.0, 0.0))
     return AugmentConfig(elastic_grid=d.elastic_grid, elastic_std=d.elastic_std, rotate=d.rotate,
                          flip=d.flip, **({} if d.gray_values else fixed))
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over the target."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: "
-                         f"{error}); it may be truncated, or not a paper_unet checkpoint") from error
-
-
-def load_weights(model: UNet, path: str | Path, device: torch.device | str = "cpu") -> None:
-    """Copy a checkpoint's network weights into ``model`` (fine-tuning), or say why they do not fit."""
-    state = load_checkpoint(path, device)
-    if "model" not in state:
-        raise ValueError(f"{path} is not a paper_unet checkpoint (no model weights)")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        theirs = state.get("config", {}).get("model", {})
-        raise ValueError(f"{path} holds a different network (base_channels {theirs.get('base_channels')}, depth "
-                         f"{theirs.get('depth')}, variant {theirs.get('variant')}) than this run's config "
-                         f"(base_channels {model.base_channels}, depth {model.depth}, variant {model.variant}); "
-                         f"use the profile it was trained with, or --set model.base_channels=...") from error
-
-
-def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
-    state = load_checkpoint(path, device)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a paper_unet checkpoint (no model or config)")
-    config = config_from_dict(state["config"])
-    model = build_model(config).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), config
 
 
 def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device,
@@ -331,7 +247,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                           sigma=config.data.sigma, device=device)
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
-    step_model = torch.compile(train_model) if r.compile else train_model
+    step_model = torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model
     started = time.perf_counter()
     m = monitors
     running = torch.tensor(m["running"], dtype=torch.float64, device=device)  # summed on the device

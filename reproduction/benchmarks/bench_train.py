@@ -23,7 +23,6 @@ import itertools
 import sys
 import time
 
-import numpy as np
 import tifffile
 import torch
 

@@ -1,0 +1,71 @@
+"""Checkpoints: atomic writes, safe loading, and a network rebuilt from its resolved config.
+
+A checkpoint holds the network's weights, the optimiser, every rank's RNG state, the loss
+monitors, the resolved config and, after training with validation data, the mask threshold.
+Nothing is lost: a checkpoint is written to a temporary file, fsynced and renamed over the old one,
+and loaded with ``torch.load(weights_only=True)``, so a downloaded checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from paper_unet.config import Config, config_from_dict
+from paper_unet.model import UNet
+
+__all__ = ["build_model", "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint"]
+
+
+def build_model(config: Config) -> UNet:
+    m = config.model
+    return UNet(m.in_channels, m.num_classes, m.base_channels, m.depth, m.dropout, m.variant)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: "
+                         f"{error}); it may be truncated, or not a paper_unet checkpoint") from error
+
+
+def load_weights(model: UNet, path: str | Path, device: torch.device | str = "cpu") -> None:
+    """Copy a checkpoint's network weights into ``model`` (fine-tuning), or say why they do not fit."""
+    state = load_checkpoint(path, device)
+    if "model" not in state:
+        raise ValueError(f"{path} is not a paper_unet checkpoint (no model weights)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        theirs = state.get("config", {}).get("model", {})
+        raise ValueError(f"{path} holds a different network (base_channels {theirs.get('base_channels')}, depth "
+                         f"{theirs.get('depth')}, variant {theirs.get('variant')}) than this run's config "
+                         f"(base_channels {model.base_channels}, depth {model.depth}, variant {model.variant}); "
+                         f"use the profile it was trained with, or --set model.base_channels=...") from error
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
+    state = load_checkpoint(path, device)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a paper_unet checkpoint (no model or config)")
+    config = config_from_dict(state["config"])
+    model = build_model(config).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
