@@ -251,11 +251,10 @@ Submission (float32 TIFF, 1 = cell): `{Path(summary.get('submission', '')).name}
         text += f"\n## Learning-rate search\n\n{lr_table}\n"
     study = results / "budget_study.csv"  # reproduction/budget_study.py merges its rows there
     if study.is_file():
-        from paper_unet.study import markdown_table, read_rows
+        from paper_unet.study import study_section
 
-        text += (f"\n## Budget study\n\nCandidate settings, each trained and scored on one fold (`budget_study.csv`"
-                 f" has every row with its commit, hardware and date; `reproduction/budget_study.py`):\n\n"
-                 f"{markdown_table(read_rows(study))}\n")
+        notes = results / "budget_study_notes.md"
+        text += "\n" + study_section(study, notes.read_text() if notes.is_file() else "")
     text += "\n## Figures\n\n" + "\n".join(f"![{Path(f).stem}]({f})" for f in made) + "\n"
     notes = results / "NOTES.md"  # hand-written remarks, kept when the report is regenerated
     if notes.is_file():

@@ -22,7 +22,8 @@ from pathlib import Path
 from paper_unet.config import Config, load_config
 from paper_unet.data import ISBI2012
 
-__all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "STUDY_FIELDS"]
+__all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
+           "put_section", "STUDY_FIELDS"]
 
 METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
 STUDY_FIELDS = ["name", "overrides", "tile", "width", "lr", "warmup", "iterations", "lr_decay_at", "tta",
@@ -129,3 +130,28 @@ def markdown_table(rows: list[dict]) -> str:
                      f"{num(r['rand_error'], 4)} | {num(r['pixel_error'], 4)} | {num(r['vrand_thinned'], 4)} | "
                      f"{num(r['vinfo_thinned'], 4)} | {status} |")
     return "\n".join(lines)
+
+
+def study_section(csv_path: Path, notes: str = "") -> str:
+    """The "## Budget study" section of a results README, from the study's CSV (and notes beside it)."""
+    rows = read_rows(csv_path)
+    return ("## Budget study\n\nCandidate settings, each trained and scored on one fold "
+            f"(`{csv_path.name}` has every row with its commit, hardware and date; "
+            "`reproduction/budget_study.py`):\n\n" + markdown_table(rows) + "\n" + (f"\n{notes.strip()}\n" if notes else ""))
+
+
+def put_section(readme: Path, section: str, before: str = "## Figures") -> None:
+    """Replace the README's section with the same ``## `` title, or insert it before ``before``
+    (at the end when that heading is absent)."""
+    import re
+
+    title = section.splitlines()[0]
+    text = readme.read_text() if readme.is_file() else ""
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text)
+    elif f"\n{before}\n" in text:
+        text = text.replace(f"\n{before}\n", f"\n{section.rstrip()}\n\n{before}\n", 1)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    readme.write_text(text.rstrip() + "\n")

@@ -3,7 +3,8 @@
 Each candidate is a name and config overrides of the profile; it trains on the other blocks, is
 predicted with the profile's TTA and scored with all five challenge metrics on its held-out block.
 Rows are merged into the CSV (a candidate run again replaces its row), which `paper-unet report`
-shows as the "Budget study" table of results/isbi2012_cpu/README.md.
+shows as the "Budget study" section of results/isbi2012_cpu/README.md; this script also puts that
+section into the README as it is (with budget_study_notes.md beside the CSV, when present).
 
     python reproduction/budget_study.py --fold 2 \\
         --candidate "cpu_as_is" \\
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from paper_unet.data import load_isbi2012
-from paper_unet.study import markdown_table, parse_variant, read_rows, run_variants
+from paper_unet.study import markdown_table, parse_variant, put_section, read_rows, run_variants, study_section
 
 
 def main() -> int:
@@ -32,6 +33,8 @@ def main() -> int:
     parser.add_argument("--data-dir", help="ISBI 2012 stacks (default: the data cache)")
     parser.add_argument("--out", default="runs/budget_study", help="run directories, one per candidate")
     parser.add_argument("--csv", default="results/isbi2012_cpu/budget_study.csv", help="rows are merged here")
+    parser.add_argument("--readme", default="results/isbi2012_cpu/README.md",
+                        help="README whose 'Budget study' section is rewritten from the CSV ('' = none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     variants = [parse_variant(text) for text in args.candidate]
@@ -39,6 +42,10 @@ def main() -> int:
                  fold=args.fold, common=args.set, progress=not args.quiet,
                  command=shlex.join(["python", *sys.argv]))
     print(markdown_table(read_rows(Path(args.csv))))
+    if args.readme:
+        notes = Path(args.csv).with_name("budget_study_notes.md")
+        put_section(Path(args.readme), study_section(Path(args.csv), notes.read_text() if notes.is_file() else ""))
+        print(f"updated the 'Budget study' section of {args.readme}")
     return 0
 
 

@@ -33,3 +33,15 @@ def test_variants_train_score_and_merge_their_rows(isbi_dir, tmp_path):
     assert sorted(r["name"] for r in rows) == ["a", "b"] and next(r for r in rows if r["name"] == "a")["seed"] == "1"
     table = markdown_table(rows)
     assert table.count("\n") == 3 and "| b | `optim.lr=2e-3 optim.warmup=1` |" in table
+
+
+def test_put_section_replaces_or_inserts(tmp_path):
+    from paper_unet.study import put_section
+    readme = tmp_path / "README.md"
+    readme.write_text("# R\n\n## Table\n\nx\n\n## Figures\n\n![f](f.png)\n")
+    put_section(readme, "## Budget study\n\nfirst\n")
+    assert readme.read_text() == "# R\n\n## Table\n\nx\n\n## Budget study\n\nfirst\n\n## Figures\n\n![f](f.png)\n"
+    put_section(readme, "## Budget study\n\nsecond\n")
+    text = readme.read_text()
+    assert "second" in text and "first" not in text and text.count("## Budget study") == 1
+    assert text.index("## Budget study") < text.index("## Figures")
