@@ -46,8 +46,19 @@ def _read_training_pair(images_path, labels_path, normalization: str, channel: i
     return normalize(raw, normalization), labels
 
 
-def _train(args: argparse.Namespace) -> int:
+def _record_normalization(args: argparse.Namespace, config, dtype):
+    """Resolve ``data.normalize`` ("auto" -> dtype or percentile) for this data and record it in the
+    config, so that the checkpoint says how its training data was normalised."""
     from paper_unet.images import resolve_normalization
+
+    method = resolve_normalization(config.data.normalize, dtype)
+    if method != config.data.normalize:
+        args.set = [*(args.set or []), f'data.normalize="{method}"']
+        config = _load_config(args)
+    return config, method
+
+
+def _train(args: argparse.Namespace) -> int:
     from paper_unet.train import train
 
     if args.normalize:
@@ -64,10 +75,7 @@ def _train(args: argparse.Namespace) -> int:
         from paper_unet.images import read_images
 
         first, _ = read_images(args.images, channel=args.channel, what="training images")
-        method = resolve_normalization(config.data.normalize, first.dtype)
-        if method != config.data.normalize:  # record what "auto" meant for this data
-            args.set = [*(args.set or []), f'data.normalize="{method}"']
-            config = _load_config(args)
+        config, method = _record_normalization(args, config, first.dtype)
         images, labels = _read_training_pair(args.images, args.labels, method, args.channel, "training")
         val_images = val_labels = None
         if args.val_images:
@@ -78,13 +86,16 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError("--val-images/--val-labels need --images and --labels (your own data); for ISBI "
                              "use --fold")
         from paper_unet.data import cv_folds, load_isbi2012
+        from paper_unet.images import normalize
 
         isbi = load_isbi2012(args.data_dir)
-        images, labels, val_images, val_labels = isbi.train_images, isbi.train_labels, None, None
+        config, method = _record_normalization(args, config, isbi.train_images.dtype)
+        images, labels = normalize(isbi.train_images, method), isbi.train_labels
+        val_images = val_labels = None
         if args.fold is not None:
             train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
-            images, labels = isbi.train_images[train_idx], isbi.train_labels[train_idx]
-            val_images, val_labels = isbi.train_images[val_idx], isbi.train_labels[val_idx]
+            images, labels, val_images, val_labels = (images[train_idx], isbi.train_labels[train_idx],
+                                                      images[val_idx], isbi.train_labels[val_idx])
     if args.init_from and not Path(args.init_from).is_file():
         raise FileNotFoundError(f"--init-from checkpoint {args.init_from} not found")
     result = train(config, images, labels, args.out, val_images=val_images, val_labels=val_labels,

@@ -152,8 +152,13 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     from paper_unet.distributed import distributed, resolve_device
     from paper_unet.train import train
 
+    from paper_unet.images import normalize
+
     out = Path(out)
     main = distributed()[0] == 0
+    # intensities by data.normalize: for ISBI's uint8 stacks "auto" is uint8 / 255, as always
+    train_images = normalize(isbi.train_images, config.data.normalize)
+    test_images = normalize(isbi.test_images, config.data.normalize)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.json")
@@ -174,15 +179,15 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
             folds[str(k)] = json.loads((fold_dir / "metrics.json").read_text())
             continue
         t0 = time.perf_counter()
-        result = train(config, isbi.train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
-                       val_images=isbi.train_images[val_idx], val_labels=isbi.train_labels[val_idx],
+        result = train(config, train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
+                       val_images=train_images[val_idx], val_labels=isbi.train_labels[val_idx],
                        resume=resume, progress=progress)
         _stage(timings, f"fold{k}_train", t0)
         if not main:
             continue
         t0 = time.perf_counter()
         model, _ = model_from_checkpoint(fold_dir / "last.pt", device)
-        probabilities = predict_stack(model, isbi.train_images[val_idx], tta=config.run.tta,
+        probabilities = predict_stack(model, train_images[val_idx], tta=config.run.tta,
                                       device=device, progress=progress)
         tifffile.imwrite(fold_dir / "val_probabilities.tif", probabilities, photometric="minisblack")
         _stage(timings, f"fold{k}_predict", t0)
@@ -203,14 +208,14 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     submission = out / "submission" / "test-volume-probabilities.tif"
     if not submission.is_file() or not resume:
         t0 = time.perf_counter()
-        train(config, isbi.train_images, isbi.train_labels, final_dir, resume=resume, progress=progress)
+        train(config, train_images, isbi.train_labels, final_dir, resume=resume, progress=progress)
         _stage(timings, "final_train", t0)
     if not main:
         return summary
     if not submission.is_file() or not resume:
         t0 = time.perf_counter()
         model, _ = model_from_checkpoint(final_dir / "last.pt", device)
-        probabilities = predict_stack(model, isbi.test_images, tta=config.run.tta, device=device,
+        probabilities = predict_stack(model, test_images, tta=config.run.tta, device=device,
                                       progress=progress)
         submission.parent.mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(submission, probabilities, photometric="minisblack")
