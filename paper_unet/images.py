@@ -114,7 +114,8 @@ def read_images(path: str | Path, *, channel: int | None = None, what: str = "im
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path} (check the path)")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(p for p in path.iterdir()  # hidden files (macOS "._x.png") are not slices
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
         if not files:
             raise ValueError(f"{what} folder {path} holds no .tif, .tiff or .png slices")
         slices, info = [], None
