@@ -82,7 +82,8 @@ def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[fl
     ``iterations`` steps: these are the first steps of the real run (no decay before
     ``optim.lr_decay_at`` of the profile's iterations). Validation runs every ``validate_every``
     steps (default: once, at the end). ``lr_search.json`` is rewritten after every rate, so a
-    search cut short keeps the rates it finished.
+    search cut short keeps the rates it finished; rates already in it from an earlier search in
+    the same ``out`` are kept (a rate run again replaces its row), each row with its own provenance.
     """
     from paper_unet.config import config_from_dict
     from paper_unet.train import TrainingDiverged, train
@@ -91,6 +92,8 @@ def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[fl
     started = provenance(command)  # at the start: the code that runs is the code of this commit
     every = validate_every or iterations
     rows = []
+    summary = out / "lr_search.json"
+    earlier = json.loads(summary.read_text())["rows"] if summary.is_file() else []
     for lr in rates:
         values = config.to_dict()
         values["optim"]["lr"] = lr
@@ -116,11 +119,13 @@ def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[fl
         row["val_pixel_error"] = float(done["pixel_error"]) if done else float("nan")
         row["val_rand_error"] = float(done["rand_error"]) if done else float("nan")
         row["seconds"] = time.perf_counter() - start
+        row["provenance"] = started
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-        (out / "lr_search.json").write_text(json.dumps(
-            {"config": config.to_dict(), "keep_schedule": keep_schedule, "rows": rows,
-             "provenance": started}, indent=2) + "\n")
+        kept = [r for r in earlier if r["lr"] not in {x["lr"] for x in rows}]
+        summary.write_text(json.dumps(
+            {"config": config.to_dict(), "keep_schedule": keep_schedule,
+             "rows": sorted(kept + rows, key=lambda r: r["lr"]), "provenance": started}, indent=2) + "\n")
     return rows
 
 
