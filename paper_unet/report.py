@@ -301,6 +301,12 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
         steps = int(curves[name][0][-1]) if len(loss) else 0
         lines.append(f"| {row['lr']:g} | {steps} | {row['seconds'] / 60:.1f} | {_fmt(smoothed, 4)} | {cells} | {stopped} |")
     p, config = data["provenance"], data["config"]
+    runs: dict[tuple, list[str]] = {}  # one line per search invocation: (command, commit, start) -> rates
+    for row in data["rows"]:
+        q = row.get("provenance", p)
+        runs.setdefault((q["command"], q["commit"], q["date_utc"], q.get("note", "")), []).append(f"{row['lr']:g}")
+    invocations = "\n".join(f"| rates {', '.join(rates)} | `{command}` | `{commit}` | {date} |"
+                             + (f" {note} |" if note else " |") for (command, commit, date, note), rates in runs.items())
     m, o, d, r = config["model"], config["optim"], config["data"], config["run"]
     steps = max(row["iterations"] for row in data["rows"])
     decay_at = o["lr_decay_at"] * o["iterations"]
@@ -327,14 +333,11 @@ Checks during training: {collapse} and the divergence check (the smoothed loss a
 
 ## Provenance
 
-| | |
-|---|---|
-| command | `{p['command']}` |
-| commit | `{p['commit']}`{" (uncommitted changes)" if p.get('dirty') else ""} |
-| hardware | {hardware} |
-| software | torch {p['torch']}, Python {p['python']} |
-| started (UTC) | {p['date_utc']} |
-| wall time | {sum(row['seconds'] for row in data['rows']) / 60:.1f} min for all rates |
+| runs | command | commit | started (UTC) | note |
+|---|---|---|---|---|
+{invocations}
+
+Hardware: {hardware}; torch {p['torch']}, Python {p['python']}. Wall time: {sum(row['seconds'] for row in data['rows']) / 60:.1f} min for all rates, run one after another.
 """
     notes = results / "NOTES.md"
     if notes.is_file():
