@@ -88,8 +88,10 @@ def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> 
                         marker="x", linestyle="--", label=f"{name} pixel")
     ax_loss.set(xlabel="iteration", ylabel="weighted cross entropy (smoothed)", title="training loss")
     ax_val.set(xlabel="iteration", ylabel="error (held-out block, no TTA)", title="validation", yscale="log")
-    ax_loss.legend()
-    ax_val.legend(fontsize=7)
+    if ax_loss.lines:
+        ax_loss.legend()
+    if ax_val.lines:
+        ax_val.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figures / "training_curves.png", dpi=110)
     plt.close(fig)

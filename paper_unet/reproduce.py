@@ -111,7 +111,7 @@ def tune_learning_rate(config: Config, isbi: ISBI2012, out: Path, rates: list[fl
                            stop_after=iterations if keep_schedule else None)
             row.update(final_loss=result.last_loss, status="ok")
         except TrainingDiverged as error:
-            row.update(final_loss=float("nan"), status=f"diverged: {error}")
+            row.update(final_loss=float("nan"), status=f"stopped: {error}")
         with open(run_dir / "val_log.csv") as handle:
             validations = list(csv.DictReader(handle))
         row["validation"] = [{k: float(v) for k, v in entry.items()} for entry in validations]
