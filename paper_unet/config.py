@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4  # [ours, tuned] unpublished
+    lr: float = 1e-3  # [ours] unpublished; checked at full width: results/paper_lr_check/
     momentum: float = 0.99  # [paper]
     weight_decay: float = 0.0  # [ours] unpublished
     batch_size: int = 1  # [paper] one large tile per step

@@ -287,9 +287,9 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
         validations[name] = row.get("validation", [])
         csv_rows += [{"lr": f"{row['lr']:g}", **r} for r in log]
     _write_csv(results / "loss_curves.csv", csv_rows)
-    plot_loss_curves(curves, results / "loss_curves.png", validations, title=title)
+    plot_loss_curves(curves, results / "loss_curves.png", validations, title="training loss by learning rate")
     every = sorted({int(v["iteration"]) for rows in validations.values() for v in rows})
-    head = "| lr | steps | wall time (min) | final smoothed loss | " + " | ".join(
+    head = "| lr | steps logged | wall time (min) | final smoothed loss | " + " | ".join(
         f"val pixel @{i} | val Rand @{i}" for i in every) + " | stopped |"
     lines = [head, "|" + "---|" * (5 + 2 * len(every))]
     for row in data["rows"]:

@@ -396,3 +396,15 @@ def test_a_training_step_does_not_synchronise_with_the_gpu(tiny_data):
             train_step(model, optimizer, x, y, w, bf16=True)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_the_paper_profiles_rate_is_the_highest_that_trained_steadily_in_the_check():
+    """results/paper_lr_check/ (full width, fold 2): the profile uses the highest rate that no stop
+    check ended, and its comment points to that evidence."""
+    import json
+    from conftest import REPO
+    rows = json.loads((REPO / "results" / "paper_lr_check" / "lr_search.json").read_text())["rows"]
+    steady = [row["lr"] for row in rows if row["status"] == "ok"]
+    assert max(steady) < max(row["lr"] for row in rows)  # a higher rate was tried and failed
+    assert load_config("paper").optim.lr == max(steady)
+    assert "results/paper_lr_check" in (REPO / "paper_unet" / "profiles" / "paper.toml").read_text()
