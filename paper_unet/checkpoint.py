@@ -14,13 +14,19 @@ from pathlib import Path
 import torch
 
 from paper_unet.config import Config, config_from_dict
-from paper_unet.model import UNet
+from paper_unet.model import PaddedUNet, UNet
 
 __all__ = ["build_model", "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint"]
 
 
-def build_model(config: Config) -> UNet:
+def build_model(config: Config) -> UNet | PaddedUNet:
+    """The network of ``config.model``: the paper's unpadded `UNet`, or (``network = "padded"``, an
+    ablation) the `PaddedUNet` with the same widths per level (base_channels x 1, 2, 4, ... and a
+    bottleneck of twice the last); the padded network has BatchNorm and no dropout."""
     m = config.model
+    if m.network == "padded":
+        return PaddedUNet(m.in_channels, m.num_classes,
+                          features=tuple(m.base_channels * 2**level for level in range(m.depth - 1)))
     return UNet(m.in_channels, m.num_classes, m.base_channels, m.depth, m.dropout, m.variant)
 
 

@@ -30,12 +30,14 @@ class ModelConfig:
     depth: int = 5  # [paper]
     dropout: float = 0.5  # [release]
     variant: str = "paper"
+    network: str = "unet"  # "unet": the paper's; "padded": PaddedUNet (same-padding + BatchNorm), ablation only
 
 
 @dataclass
 class DataConfig:
     tile: int = 572  # [paper] input tile; output 388
     w0: float = 10.0  # [paper] Eq. 2
+    weight_map: bool = True  # [paper] w(x) of Eq. 2 in the loss; False: plain cross entropy (ablation)
     sigma: float = 5.0  # [paper] Eq. 2
     elastic_std: float = 10.0  # [paper] px
     elastic_grid: int = 3  # [paper]
@@ -134,6 +136,9 @@ def _validate(config: Config) -> None:
     if min(r.log_every, r.validate_every, r.checkpoint_every) < 1:
         raise ValueError("run: log_every, validate_every and checkpoint_every must be >= 1")
     from paper_unet.images import NORMALIZATIONS
+
+    if config.model.network not in ("unet", "padded"):
+        raise ValueError(f"model.network must be unet or padded, got {config.model.network!r}")
 
     if config.data.normalize not in NORMALIZATIONS:
         raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")

@@ -240,6 +240,8 @@ class PaddedUNet(nn.Module):
     classes (the original ended in BatchNorm + ReLU, so logits could never be negative).
     """
 
+    same_padding = True  # the output has the input's size: `tiling.predict` runs whole images
+
     def __init__(self, in_channels: int = 1, num_classes: int = 2,
                  features: tuple[int, ...] = (64, 128, 256, 512)) -> None:
         super().__init__()

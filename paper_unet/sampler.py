@@ -61,16 +61,19 @@ class TileSampler(Dataset):
         augment_config: `AugmentConfig`; None disables augmentation (centred, unwarped tiles).
         w0, sigma: Eq. 2 parameters.
         device: where the slices live and the augmentation runs (the training device).
+        out_tile: edge of the labelled centre (default: the unpadded network's output for
+            ``tile``; the tile itself for a same-padding network).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, tile: int = 572, depth: int = 5,
                  length: int = 1000, seed: int = 0, stream: int = 0,
                  augment_config: AugmentConfig | None = AugmentConfig(),
-                 w0: float = 10.0, sigma: float = 5.0, device: torch.device | str = "cpu") -> None:
+                 w0: float = 10.0, sigma: float = 5.0, device: torch.device | str = "cpu",
+                 out_tile: int | None = None) -> None:
         if images.shape != labels.shape or images.ndim != 3:
             raise ValueError(f"images {images.shape} and labels {labels.shape} must be equal (N, H, W)")
         self.tile = check_input_size(tile, depth)
-        self.out_tile = output_size(tile, depth)
+        self.out_tile = output_size(tile, depth) if out_tile is None else int(out_tile)
         self.length, self.seed, self.stream = int(length), int(seed), int(stream)
         self.config = augment_config
         self.device = torch.device(device)

@@ -23,7 +23,22 @@ from paper_unet.config import Config, load_config
 from paper_unet.data import ISBI2012
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
-           "put_section", "STUDY_FIELDS"]
+           "put_section", "STUDY_FIELDS", "ABLATIONS"]
+
+# What each of the paper's ingredients buys: every variant differs from the full method (a profile as
+# it is) in one setting; "no augmentation" keeps the random tile position (random crops of the
+# training slices) and removes elastic deformation, rotation, flip and gray values. "no_tta"
+# predicts the full method's own checkpoints without test-time augmentation.
+ABLATIONS = {
+    "full": [],
+    "no_border_term": ["data.w0=0.0"],  # class-balancing weights kept
+    "plain_cross_entropy": ["data.weight_map=false"],  # no weight map at all
+    "no_elastic": ["data.elastic_std=0.0"],
+    "no_augmentation": ["data.elastic_std=0.0", "data.rotate=false", "data.flip=false", "data.gray_values=false"],
+    "no_tta": ["run.tta=false"],
+    "padded_unet": ['model.network="padded"'],  # same-padding + BatchNorm, whole-slice prediction
+    "no_dropout": ["model.dropout=0.0"],
+}
 
 METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
 STUDY_FIELDS = ["name", "overrides", "tile", "width", "lr", "warmup", "iterations", "lr_decay_at", "tta",

@@ -247,7 +247,8 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
     """Softmax probabilities (num_classes, H, W) float32 for one (H, W) image in [0, 1].
 
     Args:
-        model: an unpadded `paper_unet.UNet` (needs ``depth`` and ``num_classes``).
+        model: an unpadded `paper_unet.UNet` (needs ``depth`` and ``num_classes``), or the
+            same-padding `PaddedUNet` ablation baseline, which predicts whole images (no tiles).
         image: (H, W) float array in [0, 1]; any size, also smaller than one tile, non-square.
         tile_size: edge of the square *input* tile, a valid input size (e.g. 572). None uses the
             smallest single tile that covers the image (700 for a 512x512 ISBI slice). Every tile
@@ -261,8 +262,11 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
             batched together: 8 passes the 8 views of a square tile as one batch.
         device: where to run; default: the device of the model's parameters.
     """
-    if not hasattr(model, "depth") or not hasattr(model, "num_classes"):
+    padded = getattr(model, "same_padding", False)  # the PaddedUNet ablation baseline
+    if not padded and (not hasattr(model, "depth") or not hasattr(model, "num_classes")):
         raise TypeError("predict needs an unpadded paper_unet.UNet (with .depth and .num_classes)")
+    if padded and tile_size is not None:
+        raise ValueError("a same-padding network (PaddedUNet) predicts whole images: leave tile_size None")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     image = _check_image(image)
@@ -276,7 +280,13 @@ def predict(model: torch.nn.Module, image: np.ndarray, *, tile_size: int | None 
     model.eval()
     try:
         with torch.inference_mode():
-            total = _summed_logits(model, image, transforms, tile_size, batch_size, device)
+            if padded:  # whole images through the network, no overlap-tile
+                total = np.zeros((model.num_classes, *image.shape), dtype=np.float64)
+                for transform in transforms:
+                    view = torch.from_numpy(np.ascontiguousarray(_apply(image, transform)))[None, None]
+                    total += _invert(model(view.to(device)).float().cpu().numpy()[0], transform)
+            else:
+                total = _summed_logits(model, image, transforms, tile_size, batch_size, device)
             mean_logits = torch.from_numpy(total / len(transforms))
             return torch.softmax(mean_logits, dim=0).numpy().astype(np.float32)
     finally:

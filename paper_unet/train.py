@@ -150,7 +150,7 @@ def learning_rate(config: Config, iteration: int) -> float:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, w: torch.Tensor, *, bf16: bool = False,
+               y: torch.Tensor, w: torch.Tensor | None, *, bf16: bool = False,
                channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a batch of tiles; returns (loss, logits) as device tensors (no host sync).
 
@@ -244,7 +244,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     sampler = TileSampler(images, labels, tile=config.data.tile, depth=config.model.depth,
                           length=o.iterations * o.batch_size, seed=r.seed, stream=rank,
                           augment_config=augment_config(config), w0=config.data.w0,
-                          sigma=config.data.sigma, device=device)
+                          sigma=config.data.sigma, device=device,
+                          out_tile=config.data.tile if config.model.network == "padded" else None)
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
     step_model = torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model
@@ -276,6 +277,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y, w = sampler.batch(range(it * o.batch_size, (it + 1) * o.batch_size))
+            w = w if config.data.weight_map else None  # ablation: plain cross entropy
             loss, logits = train_step(step_model, optimizer, x, y, w, bf16=r.bf16,
                                       channels_last=r.channels_last)
             running += loss.detach()

@@ -45,3 +45,43 @@ def test_put_section_replaces_or_inserts(tmp_path):
     text = readme.read_text()
     assert "second" in text and "first" not in text and text.count("## Budget study") == 1
     assert text.index("## Budget study") < text.index("## Figures")
+
+
+def flat(config) -> dict:
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def test_each_ablation_differs_from_the_full_method_in_its_one_setting():
+    from paper_unet.config import load_config
+    from paper_unet.study import ABLATIONS
+    full = flat(load_config("cpu"))
+    expected = {"no_border_term": {"data.w0"}, "plain_cross_entropy": {"data.weight_map"},
+                "no_elastic": {"data.elastic_std"}, "no_tta": {"run.tta"}, "padded_unet": {"model.network"},
+                "no_dropout": {"model.dropout"},
+                "no_augmentation": {"data.elastic_std", "data.rotate", "data.flip", "data.gray_values"}}
+    assert set(ABLATIONS) == {"full", *expected}
+    assert ABLATIONS["full"] == []
+    for name, keys in expected.items():
+        variant = flat(load_config("cpu", ABLATIONS[name]))
+        assert {k for k in full if full[k] != variant[k]} == keys, name
+
+
+def test_ablation_switches_train_and_predict(isbi_dir, tmp_path):
+    """The padded network and the plain loss run through the same training and prediction code."""
+    import numpy as np
+    from paper_unet.checkpoint import model_from_checkpoint
+    from paper_unet.config import load_config
+    from paper_unet.model import PaddedUNet
+    from paper_unet.tiling import predict
+    from paper_unet.train import train
+    isbi = load_isbi2012(isbi_dir)
+    images, labels = isbi.train_images[:2, :128, :128], isbi.train_labels[:2, :128, :128]
+    for name, overrides in (("padded", ['model.network="padded"']), ("plain", ["data.weight_map=false"])):
+        config = load_config("smoke", ["optim.iterations=2", *overrides])
+        result = train(config, images, labels, tmp_path / name, progress=False)
+        assert np.isfinite(result.last_loss)
+        model, _ = model_from_checkpoint(tmp_path / name / "last.pt")
+        probabilities = predict(model, images[0].astype(np.float32) / 255, tta=True)
+        assert probabilities.shape == (2, 128, 128)
+    assert isinstance(model_from_checkpoint(tmp_path / "padded" / "last.pt")[0], PaddedUNet)
