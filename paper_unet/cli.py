@@ -180,6 +180,21 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablations(args: argparse.Namespace) -> int:
+    from paper_unet.data import load_isbi2012
+    from paper_unet.study import ablation_variants, run_variants, write_ablation_report
+
+    variants = ablation_variants(args.only)
+    results = Path(args.results)
+    csv_path = results / "ablations.csv"
+    command = args.command_line or "paper-unet ablations " + " ".join(sys.argv[2:])
+    run_variants(args.profile, variants, load_isbi2012(args.data_dir), Path(args.out), csv_path, fold=args.fold,
+                 common=args.set or [], progress=not args.quiet, command=command, slices=results / "slices")
+    readme = write_ablation_report(csv_path, results, command=command)
+    print(f"done: {len(variants)} variant(s) on fold {args.fold}; table {readme}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from paper_unet.data import resolve_data_dir
     from paper_unet.report import write_report
@@ -332,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 "call without it gathers the folds, trains the final model, reports")
     reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
     reproduce.set_defaults(func=_reproduce)
+
+    ablations = commands.add_parser(
+        "ablations", help="what each of the paper's ingredients buys (what run_ablations.sh runs)",
+        description="Train and score the full method and one variant per ingredient (no border term, plain "
+                    "cross entropy, no elastic deformation, no augmentation, no TTA, the padded + BatchNorm "
+                    "network, no dropout) plus the full method with a second seed, all with the same "
+                    "iterations, tile and seed on one fold. Resumable: a finished variant is only re-read, an "
+                    "unfinished one continues from its checkpoints; rows are merged into RESULTS/ablations.csv.")
+    add_config_options(ablations)
+    ablations.set_defaults(profile="cpu")
+    ablations.add_argument("--only", nargs="+", metavar="NAME",
+                           help="run these variants only (full, no_border_term, plain_cross_entropy, no_elastic, "
+                                "no_augmentation, no_tta, padded_unet, no_dropout, full_seed1)")
+    ablations.add_argument("--fold", type=int, default=2, help="cross-validation fold (default 2: slices 20-29)")
+    ablations.add_argument("--out", default="runs/ablations", help="run directories, one per variant")
+    ablations.add_argument("--results", default="results/ablations", help="table, CSV, crops and figure")
+    ablations.add_argument("--command-line", help=argparse.SUPPRESS)
+    ablations.set_defaults(func=_ablations)
 
     report = commands.add_parser("report", help="write results/ from a reproduction run directory")
     report.add_argument("--run", required=True, help="run directory of `paper-unet reproduce`")

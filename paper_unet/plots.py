@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_weight_map", "plot_augmented_samples", "plot_loss_curves"]
+__all__ = ["plot_weight_map", "plot_augmented_samples", "plot_loss_curves", "plot_variant_crops"]
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -75,4 +75,21 @@ def plot_loss_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str
     ax_val.set(xlabel="iteration", ylabel="validation error (no TTA)", title="held-out block", yscale="log")
     ax_loss.legend()
     ax_val.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_variant_crops(folder: str | Path, names: list[str], path: str | Path) -> Path:
+    """The kept crops side by side: image, labels, then each variant's P(cell) (8-bit PNGs in ``folder``)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    panels = [("image", "_image"), ("labels", "_labels"), *((name, name) for name in names)]
+    columns = min(5, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, (title, stem) in zip(np.atleast_1d(axes).ravel(), panels):
+        ax.imshow(np.asarray(Image.open(folder / f"{stem}.png")), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)

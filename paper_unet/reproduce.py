@@ -142,7 +142,7 @@ def _barrier() -> None:
 
 def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool = True,
                      progress: bool = True, command: str | None = None,
-                     only_fold: int | None = None) -> dict:
+                     only_fold: int | None = None, trained: str | Path | None = None) -> dict:
     """Cross-validation, final model, test prediction and scores; returns the summary dict.
 
     Resumable: a finished stage (its metrics file exists) is skipped, an unfinished training
@@ -150,14 +150,15 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     the best checkpoint on the held-out block and then scoring that same block would flatter it.
     ``only_fold`` runs that fold alone (train, predict, score) and returns: the folds can run as
     independent processes, one per GPU, and a last call without it gathers them. Under torchrun
-    all processes train together and rank 0 alone predicts, scores and writes.
+    all processes train together and rank 0 alone predicts, scores and writes. ``trained``: a run
+    directory whose fold checkpoints are predicted and scored instead of training new ones (a
+    prediction-only variant, e.g. the same networks without TTA).
     """
-    from paper_unet.tiling import predict_stack
-    from paper_unet.checkpoint import model_from_checkpoint
+    from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
     from paper_unet.distributed import distributed, resolve_device
-    from paper_unet.train import train
-
     from paper_unet.images import normalize
+    from paper_unet.tiling import predict_stack
+    from paper_unet.train import train
 
     out = Path(out)
     main = distributed()[0] == 0
@@ -184,14 +185,21 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
             folds[str(k)] = json.loads((fold_dir / "metrics.json").read_text())
             continue
         t0 = time.perf_counter()
-        result = train(config, train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
-                       val_images=train_images[val_idx], val_labels=isbi.train_labels[val_idx],
-                       resume=resume, progress=progress)
-        _stage(timings, f"fold{k}_train", t0)
+        checkpoint = (Path(trained) / f"fold{k}" / "last.pt") if trained else fold_dir / "last.pt"
+        if trained:
+            state = load_checkpoint(checkpoint)
+            iterations, train_seconds = state["iteration"], state["seconds"]
+            fold_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            result = train(config, train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
+                           val_images=train_images[val_idx], val_labels=isbi.train_labels[val_idx],
+                           resume=resume, progress=progress)
+            iterations, train_seconds = result.iterations, result.seconds
+            _stage(timings, f"fold{k}_train", t0)
         if not main:
             continue
         t0 = time.perf_counter()
-        model, _ = model_from_checkpoint(fold_dir / "last.pt", device)
+        model, _ = model_from_checkpoint(checkpoint, device)
         probabilities = predict_stack(model, train_images[val_idx], tta=config.run.tta,
                                       device=device, progress=progress)
         tifffile.imwrite(fold_dir / "val_probabilities.tif", probabilities, photometric="minisblack")
@@ -199,8 +207,8 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         t0 = time.perf_counter()
         scores = _evaluate_stack(probabilities, isbi.train_labels[val_idx])
         _stage(timings, f"fold{k}_evaluate", t0)
-        scores.update(fold=k, val_slices=[int(i) for i in val_idx], iterations=result.iterations,
-                      train_seconds=round(result.seconds, 1))
+        scores.update(fold=k, val_slices=[int(i) for i in val_idx], iterations=iterations,
+                      train_seconds=round(train_seconds, 1), checkpoint=str(checkpoint))
         (fold_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
         folds[str(k)] = scores
         if only_fold is None:

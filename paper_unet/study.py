@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from paper_unet.config import Config, load_config
-from paper_unet.data import ISBI2012
+from paper_unet.data import ISBI2012, cv_folds
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
-           "put_section", "STUDY_FIELDS", "ABLATIONS"]
+           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "ablation_variants", "touching_cells_window",
+           "write_ablation_report"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
 # it is) in one setting; "no augmentation" keeps the random tile position (random crops of the
@@ -35,10 +38,52 @@ ABLATIONS = {
     "plain_cross_entropy": ["data.weight_map=false"],  # no weight map at all
     "no_elastic": ["data.elastic_std=0.0"],
     "no_augmentation": ["data.elastic_std=0.0", "data.rotate=false", "data.flip=false", "data.gray_values=false"],
-    "no_tta": ["run.tta=false"],
+    "no_tta": ["run.tta=false"],  # the full method's checkpoints, predicted without TTA
     "padded_unet": ['model.network="padded"'],  # same-padding + BatchNorm, whole-slice prediction
     "no_dropout": ["model.dropout=0.0"],
 }
+REUSE = {"no_tta": "full"}
+NOISE = {"full_seed1": ["run.seed=1"]}  # the full method again with another seed: the noise floor
+
+
+def ablation_pairs() -> list[tuple[str, list[str]]]:
+    return [*ABLATIONS.items(), *NOISE.items()]
+
+
+def ablation_variants(names: list[str] | None = None) -> list[Variant]:
+    """The ablations and the noise run, in order (``names``: a subset)."""
+    table = {**ABLATIONS, **NOISE}
+    unknown = sorted(set(names or []) - set(table))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    return [Variant(name, overrides, REUSE.get(name)) for name, overrides in table.items()
+            if names is None or name in names]
+
+
+def _flat(config: Config) -> dict:
+    return {f"{section}.{key}": value for section, values in config.to_dict().items()
+            if isinstance(values, dict) for key, value in values.items()}
+
+
+def touching_cells_window(label: np.ndarray, size: int = 128) -> tuple[slice, slice]:
+    """The size x size window of a label slice with the most border weight (Eq. 2's separation
+    term): where cells touch, which is where the weight map should make a difference."""
+    from paper_unet.weights import border_weights
+
+    border = border_weights(label > 0)
+    sums = border.cumsum(0).cumsum(1)
+    sums = np.pad(sums, ((1, 0), (1, 0)))
+    totals = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
+    y, x = np.unravel_index(int(np.argmax(totals)), totals.shape)
+    return slice(int(y), int(y) + size), slice(int(x), int(x) + size)
+
+
+def _save_crop(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(np.rint(np.asarray(array, np.float64) * 255), 0, 255).astype(np.uint8)).save(path)
+
 
 METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
 STUDY_FIELDS = ["name", "overrides", "tile", "width", "lr", "warmup", "iterations", "lr_decay_at", "tta",
@@ -49,6 +94,10 @@ STUDY_FIELDS = ["name", "overrides", "tile", "width", "lr", "warmup", "iteration
 class Variant:
     name: str
     overrides: list[str] = field(default_factory=list)
+    reuse: str | None = None  # predict this variant's trained checkpoints instead of training
+
+
+PREDICTION_ONLY = {"run.tta"}  # settings that change prediction, not training
 
 
 def parse_variant(text: str) -> Variant:
@@ -93,11 +142,15 @@ def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict,
 
 def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Path, csv_path: Path, *,
                  fold: int = 2, common: list[str] | None = None, progress: bool = True,
-                 command: str | None = None) -> list[dict]:
+                 command: str | None = None, slices: Path | None = None) -> list[dict]:
     """Train and score each variant on ``fold``; merge its row into ``csv_path`` as soon as it ends.
 
     ``common`` overrides apply to every variant (before its own). An unfinished variant resumes
     from its checkpoints in ``out/NAME``; a finished one (its fold metrics exist) is only re-read.
+    A variant with ``reuse`` predicts and scores that variant's checkpoints (which must exist, and
+    whose config may differ only in prediction settings). With ``slices``, a crop of the first
+    held-out slice where cells touch is kept per variant (``slices/NAME.png``, P(cell) x 255),
+    with the image and labels beside them (``_image.png``, ``_labels.png``), for a figure.
     """
     from paper_unet.reproduce import provenance, run_reproduction
     from paper_unet.train import TrainingDiverged
@@ -106,11 +159,21 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     for variant in variants:
         config = load_config(profile, [*(common or []), *variant.overrides])
         run_dir = out / variant.name
+        trained = None
+        if variant.reuse:
+            base = load_config(profile, [*(common or []), *dict(ablation_pairs()).get(variant.reuse, [])])
+            differ = {k for k, v in _flat(config).items() if _flat(base)[k] != v}
+            if not differ <= PREDICTION_ONLY:
+                raise ValueError(f"{variant.name} reuses {variant.reuse}'s networks but differs in training "
+                                 f"settings {sorted(differ - PREDICTION_ONLY)}")
+            trained = out / variant.reuse
+            if not (trained / f"fold{fold}" / "metrics.json").is_file():
+                raise ValueError(f"{variant.name} predicts {variant.reuse}'s networks: run {variant.reuse} first")
         prov = provenance(command)
         start = time.perf_counter()
         try:
             summary = run_reproduction(config, isbi, run_dir, progress=progress, command=command,
-                                       only_fold=fold)
+                                       only_fold=fold, trained=trained)
             scores, status, timings = summary["folds"][str(fold)], "ok", summary["timings_s"]
         except TrainingDiverged as error:
             scores, status = {}, f"stopped: {error}"
@@ -119,6 +182,17 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
         if "fold" in scores and f"fold{fold}_train" not in timings:  # re-read: the stage timed itself
             timings = {f"fold{fold}_train": scores.get("train_seconds", math.nan)}
         row = _row(variant, config, fold, status, scores, timings, prov)
+        if variant.reuse:
+            row["train_min"] = f"(= {variant.reuse})"
+        probabilities = run_dir / f"fold{fold}" / "val_probabilities.tif"
+        if slices is not None and probabilities.is_file():
+            import tifffile
+
+            val = cv_folds(len(isbi.train_images), config.run.folds)[fold][1][0]
+            window = touching_cells_window(isbi.train_labels[val])
+            _save_crop(slices / f"{variant.name}.png", tifffile.imread(probabilities, key=0)[window])
+            _save_crop(slices / "_image.png", isbi.train_images[val][window] / 255.0)
+            _save_crop(slices / "_labels.png", isbi.train_labels[val][window] > 0)
         merged = [r for r in read_rows(csv_path) if r["name"] != variant.name] + [row]
         _write_rows(csv_path, merged)
         rows.append(row)
@@ -170,3 +244,75 @@ def put_section(readme: Path, section: str, before: str = "## Figures") -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     readme.write_text(text.rstrip() + "\n")
+
+
+WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 = 0 (class-balancing weights kept)",
+        "plain_cross_entropy": "no weight map: plain cross entropy", "no_elastic": "no elastic deformation",
+        "no_augmentation": "no elastic deformation, rotation, flip or gray values (random crops kept)",
+        "no_tta": "the full method's networks, predicted without TTA",
+        "padded_unet": "PaddedUNet (same-padding + BatchNorm), whole-slice prediction",
+        "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)"}
+
+
+def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", full: str = "full",
+                          noise: tuple[str, ...] = tuple(NOISE)) -> Path:
+    """results/ablations/README.md from the study's CSV: every variant's five metrics, its difference
+    to the full method, whether that exceeds the seed-to-seed spread of the full method, the paper's
+    Table 1 row beside them, provenance, and the figure of the kept slice crops."""
+    from paper_unet.plots import plot_variant_crops
+    from paper_unet.report import PAPER_TABLE1
+
+    rows = {r["name"]: r for r in read_rows(csv_path)}
+    results.mkdir(parents=True, exist_ok=True)
+    value = lambda r, m: float(r[m]) if r.get(m) not in (None, "", "nan") else math.nan  # noqa: E731
+    base = rows.get(full)
+    spread = {m: max((abs(value(rows[n], m) - value(base, m)) for n in noise if n in rows), default=math.nan)
+              for m in METRICS} if base else {}
+    lines = ["| variant | what differs | warping | Rand | pixel | V_rand | V_info | Δ warping | Δ Rand | Δ pixel | "
+             "beyond the seed spread |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        deltas = {m: value(r, m) - value(base, m) for m in METRICS} if base else {}
+        beyond = [m.split("_")[0] for m in ("warping_error", "rand_error", "pixel_error")
+                  if base and name != full and abs(deltas[m]) > spread.get(m, math.nan)]
+        fmt = lambda v, d: "-" if math.isnan(v) else f"{v:+.{d}f}"  # noqa: E731
+        lines.append(f"| {name} | {WHAT.get(name, r['overrides'])} | {value(r, 'warping_error'):.6f} | "
+                     f"{value(r, 'rand_error'):.4f} | {value(r, 'pixel_error'):.4f} | {value(r, 'vrand_thinned'):.4f} | "
+                     f"{value(r, 'vinfo_thinned'):.4f} | " + (" | ".join(
+                         [fmt(deltas.get('warping_error', math.nan), 6), fmt(deltas.get('rand_error', math.nan), 4),
+                          fmt(deltas.get('pixel_error', math.nan), 4)])) + f" | {', '.join(beyond) or '-'} |")
+    paper = next(row for row in PAPER_TABLE1 if row[0] == 1)
+    lines.append(f"| u-net, paper Table 1 | test set, full network, GPU | {paper[2]:.6f} | {paper[3]:.4f} | "
+                 f"{paper[4]:.4f} | - | - | | | | |")
+    any_row = next(iter(rows.values()), {})
+    provenance = sorted({(r["commit"], r["hardware"]) for r in rows.values()})
+    crops = {name: results / "slices" / f"{name}.png" for name in rows}
+    figure = ""
+    if (results / "slices" / "_image.png").is_file():
+        plot_variant_crops(results / "slices", [n for n in rows if crops[n].is_file()], results / "ablations_slice.png")
+        figure = ("\n![every variant on one held-out slice](ablations_slice.png)\n\nOne held-out slice, zoomed on the "
+                  "128x128 window where cells touch most (the most Eq. 2 border weight): image, labels, and P(cell) of "
+                  "every variant (white = cell).\n")
+    text = f"""# Ablations: what each of the paper's ingredients buys (ISBI 2012)
+
+Every variant differs from the full method in one setting (`paper_unet.study.ABLATIONS`; a test compares
+the resolved configs) and is trained with the same iterations, tile and seed on the same fold
+(held-out slices of fold {any_row.get('fold', '?')}), predicted by overlap-tile inference and scored with
+all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
+is the noise floor: a difference is listed as beyond it when it is larger than that spread.
+Data: `ablations.csv` (every row with its commit, hardware, date, training time).
+
+{chr(10).join(lines)}
+
+The paper's row is the challenge's test-set leaderboard (full network on a GPU); ours are held-out training
+slices with a reduced network on the CPU: indicative, not comparable entry by entry.
+{figure}
+## Provenance
+
+Command: `{command}`. {"; ".join(f"commit {c} on {h}" for c, h in provenance)}.
+Training time per variant: the `train_min` column of `ablations.csv`.
+"""
+    notes = results / "NOTES.md"
+    if notes.is_file():
+        text += "\n" + notes.read_text()
+    (results / "README.md").write_text(text)
+    return results / "README.md"
