@@ -85,3 +85,42 @@ def test_ablation_switches_train_and_predict(isbi_dir, tmp_path):
         probabilities = predict(model, images[0].astype(np.float32) / 255, tta=True)
         assert probabilities.shape == (2, 128, 128)
     assert isinstance(model_from_checkpoint(tmp_path / "padded" / "last.pt")[0], PaddedUNet)
+
+
+def test_run_ablations_end_to_end_on_a_smoke_budget(isbi_dir, tmp_path):
+    """bash reproduction/run_ablations.sh: every variant trained (tiny budget), scored, tabled, drawn;
+    a second call with --only re-reads the finished variants instead of training them again."""
+    import subprocess
+    from conftest import REPO
+    results = tmp_path / "results"
+    args = ["bash", str(REPO / "reproduction" / "run_ablations.sh"), "--profile", "smoke", "--data-dir", str(isbi_dir),
+            "--out", str(tmp_path / "runs"), "--results", str(results), "--quiet",
+            "--set", "optim.iterations=2", "--set", "run.validate_every=2", "--set", "run.checkpoint_every=2"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(results / "ablations.csv")
+    assert [r["name"] for r in rows] == ["full", "no_border_term", "plain_cross_entropy", "no_elastic",
+                                         "no_augmentation", "no_tta", "padded_unet", "no_dropout", "full_seed1"]
+    assert all(r["status"] == "ok" and r["fold"] == "2" for r in rows)
+    no_tta = next(r for r in rows if r["name"] == "no_tta")
+    assert no_tta["train_min"] == "(= full)" and no_tta["tta"] == "False"
+    readme = (results / "README.md").read_text()
+    assert "| padded_unet |" in readme and "u-net, paper Table 1" in readme and "beyond the seed spread" in readme
+    assert (results / "ablations_slice.png").stat().st_size > 1000
+    assert (results / "slices" / "_labels.png").is_file() and (results / "slices" / "no_dropout.png").is_file()
+    again = subprocess.run(args[:2] + ["--only", "full", "no_tta"] + args[2:], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "no checkpoint" not in again.stderr  # nothing trained again
+    assert len(read_rows(results / "ablations.csv")) == 9
+
+
+def test_run_ablations_help_and_bad_variant(tmp_path):
+    import subprocess
+    from conftest import REPO
+    script = str(REPO / "reproduction" / "run_ablations.sh")
+    done = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--only" in done.stdout and "ablations" in done.stdout
+    from paper_unet.study import ablation_variants
+    with pytest.raises(ValueError, match="unknown variant"):
+        ablation_variants(["no_such_thing"])
