@@ -156,6 +156,7 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     from paper_unet.train import TrainingDiverged
 
     rows = []
+    started = provenance(command)  # at the start: the code that runs is the code of this commit
     for variant in variants:
         config = load_config(profile, [*(common or []), *variant.overrides])
         run_dir = out / variant.name
@@ -169,7 +170,7 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
             trained = out / variant.reuse
             if not (trained / f"fold{fold}" / "metrics.json").is_file():
                 raise ValueError(f"{variant.name} predicts {variant.reuse}'s networks: run {variant.reuse} first")
-        prov = provenance(command)
+        prov = {**started, "date_utc": provenance(command)["date_utc"]}  # the commit of the start
         start = time.perf_counter()
         try:
             summary = run_reproduction(config, isbi, run_dir, progress=progress, command=command,

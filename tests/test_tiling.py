@@ -168,13 +168,26 @@ def test_predict_rejects_bad_images_clearly(model, image, error, match):
         tiling.predict(model, image)
 
 
-def test_predict_rejects_invalid_tile_size_and_padded_models(model):
-    from paper_unet import PaddedUNet
+def test_predict_rejects_invalid_tile_sizes_and_other_networks(model):
     image = np.zeros((30, 30), np.float32)
     with pytest.raises(ValueError, match="nearest valid: 572 or 588"):
         tiling.predict(model, image, tile_size=580)
     with pytest.raises(TypeError, match="unpadded"):
-        tiling.predict(PaddedUNet(), image)
+        tiling.predict(torch.nn.Conv2d(1, 2, 1), image)
+
+
+def test_the_padded_ablation_baseline_predicts_whole_images():
+    """PaddedUNet (ablation only) has no valid-size arithmetic: whole images, TTA as for the UNet."""
+    from paper_unet import PaddedUNet
+    torch.manual_seed(0)
+    padded = PaddedUNet(features=(4, 8)).eval()
+    image = np.random.default_rng(1).random((48, 40), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(padded(torch.from_numpy(image)[None, None]), 1)[0].numpy()
+    np.testing.assert_allclose(tiling.predict(padded, image), expected, atol=1e-6)
+    assert tiling.predict(padded, image, tta=True).shape == (2, 48, 40)
+    with pytest.raises(ValueError, match="whole images"):
+        tiling.predict(padded, image, tile_size=572)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
