@@ -44,20 +44,26 @@ def _fmt(value: float | None, digits: int = 6) -> str:
     return f"{value:.{digits}f}"
 
 
-def _read_csv(path: Path) -> list[dict]:
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV file as dicts; no file, no rows."""
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Write rows (columns: ``fieldnames``, else the first row's keys) through a temporary file and
+    a rename; without rows and fieldnames nothing is written."""
+    if not rows and fieldnames is None:
         return
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames or list(rows[0]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> list[str]:
@@ -74,13 +80,13 @@ def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> 
     figures.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4))
     for name in sorted(p.name for p in run.iterdir() if p.is_dir() and (p / "train_log.csv").is_file()):
-        rows = _read_csv(run / name / "train_log.csv")
+        rows = read_csv(run / name / "train_log.csv")
         it = np.array([int(r["iteration"]) for r in rows])
         loss = np.array([float(r["loss"]) for r in rows])
         window = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax_loss.plot(it[window - 1:], smooth, label=name)
-        val = _read_csv(run / name / "val_log.csv")
+        val = read_csv(run / name / "val_log.csv")
         if val:
             ax_val.plot([int(r["iteration"]) for r in val], [float(r["rand_error"]) for r in val],
                         marker="o", label=f"{name} Rand")
@@ -176,14 +182,14 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
               if folds else f"{config['run']['folds']} folds")
     fold_rows = [{"fold": int(k), "val_slices": f"{s['val_slices'][0]}-{s['val_slices'][-1]}",
                   **{m: s[m] for m in METRICS}} for k, s in sorted(folds.items())]
-    _write_csv(results / "cv_folds.csv", fold_rows)
+    write_csv(results / "cv_folds.csv", fold_rows)
     per_threshold = []
     for k, s in sorted(folds.items()):
         for key in PER_THRESHOLD.values():
             for i, value in enumerate(s[key]):
                 per_threshold.append({"fold": int(k), "metric": key, "threshold": repr(THRESHOLDS[i]),
                                       "value": value})
-    _write_csv(results / "per_threshold.csv", per_threshold)
+    write_csv(results / "per_threshold.csv", per_threshold)
 
     mean = {m: float(np.mean([r[m] for r in fold_rows])) for m in METRICS} if fold_rows else {}
     std = {m: float(np.std([r[m] for r in fold_rows], ddof=1)) if len(fold_rows) > 1 else math.nan
@@ -282,11 +288,11 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
     curves, validations, csv_rows = {}, {}, []
     for row in data["rows"]:
         name = f"lr {row['lr']:g}"
-        log = _read_csv(run / f"lr_{row['lr']:g}" / "train_log.csv")
+        log = read_csv(run / f"lr_{row['lr']:g}" / "train_log.csv")
         curves[name] = (np.array([int(r["iteration"]) for r in log]), np.array([float(r["loss"]) for r in log]))
         validations[name] = row.get("validation", [])
         csv_rows += [{"lr": f"{row['lr']:g}", **r} for r in log]
-    _write_csv(results / "loss_curves.csv", csv_rows)
+    write_csv(results / "loss_curves.csv", csv_rows)
     plot_loss_curves(curves, results / "loss_curves.png", validations, title="training loss by learning rate")
     every = sorted({int(v["iteration"]) for rows in validations.values() for v in rows})
     head = "| lr | steps logged | wall time (min) | final smoothed loss | " + " | ".join(

@@ -10,7 +10,6 @@ The budget study of the `cpu` profile is one such study (results/isbi2012_cpu/bu
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 
 from paper_unet.config import Config, load_config
 from paper_unet.data import ISBI2012, cv_folds
+from paper_unet.report import read_csv, write_csv
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
            "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "ablation_variants", "touching_cells_window",
@@ -108,21 +108,7 @@ def parse_variant(text: str) -> Variant:
     return Variant(parts[0], parts[1:])
 
 
-def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=STUDY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+read_rows = read_csv  # the study's rows, as the report reads them
 
 
 def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict,
@@ -195,7 +181,7 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
             _save_crop(slices / "_image.png", isbi.train_images[val][window] / 255.0)
             _save_crop(slices / "_labels.png", isbi.train_labels[val][window] > 0)
         merged = [r for r in read_rows(csv_path) if r["name"] != variant.name] + [row]
-        _write_rows(csv_path, merged)
+        write_csv(csv_path, merged, STUDY_FIELDS)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("name", "status", "train_min", *METRICS)}), file=sys.stderr)
     return rows
