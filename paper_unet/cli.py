@@ -189,7 +189,8 @@ def _ablations(args: argparse.Namespace) -> int:
     csv_path = results / "ablations.csv"
     command = args.command_line or "paper-unet ablations " + " ".join(sys.argv[2:])
     run_variants(args.profile, variants, load_isbi2012(args.data_dir), Path(args.out), csv_path, fold=args.fold,
-                 common=args.set or [], progress=not args.quiet, command=command, slices=results / "slices")
+                 common=args.set or [], progress=not args.quiet, command=command, slices=results / "slices",
+                 adopt={"full": Path(args.full_from)} if args.full_from else None)
     readme = write_ablation_report(csv_path, results, command=command)
     print(f"done: {len(variants)} variant(s) on fold {args.fold}; table {readme}")
     return 0
@@ -362,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "no_augmentation, no_tta, padded_unet, no_dropout, full_seed1)")
     ablations.add_argument("--fold", type=int, default=2, help="cross-validation fold (default 2: slices 20-29)")
     ablations.add_argument("--out", default="runs/ablations", help="run directories, one per variant")
+    ablations.add_argument("--full-from", metavar="RUN_DIR",
+                           help="adopt the full method's network of fold K from a finished run of the same "
+                                "profile and settings (e.g. runs/isbi2012_cpu after run_isbi.sh) instead of "
+                                "training it again; refused unless its checkpoint's config is the full "
+                                "variant's exactly")
     ablations.add_argument("--results", default="results/ablations", help="table, CSV, crops and figure")
     ablations.add_argument("--command-line", help=argparse.SUPPRESS)
     ablations.set_defaults(func=_ablations)

@@ -26,7 +26,7 @@ from paper_unet.report import read_csv, write_csv
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
            "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "ablation_variants", "touching_cells_window",
-           "write_ablation_report"]
+           "write_ablation_report", "adopt_network"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
 # it is) in one setting; "no augmentation" keeps the random tile position (random crops of the
@@ -60,9 +60,11 @@ def ablation_variants(names: list[str] | None = None) -> list[Variant]:
             if names is None or name in names]
 
 
-def _flat(config: Config) -> dict:
-    return {f"{section}.{key}": value for section, values in config.to_dict().items()
-            if isinstance(values, dict) for key, value in values.items()}
+def _flat(config: Config | dict) -> dict:
+    """``{"section.key": value}`` of a config (or of its dict, as a checkpoint holds it)."""
+    values = config.to_dict() if isinstance(config, Config) else config
+    return {f"{section}.{key}": value for section, keys in values.items()
+            if isinstance(keys, dict) for key, value in keys.items()}
 
 
 def touching_cells_window(label: np.ndarray, size: int = 128) -> tuple[slice, slice]:
@@ -111,6 +113,46 @@ def parse_variant(text: str) -> Variant:
 read_rows = read_csv  # the study's rows, as the report reads them
 
 
+ADOPTED = ("best.pt", "train_log.csv", "val_log.csv", "last.pt")  # last.pt last: it marks a finished copy
+
+
+def adopt_network(source: Path, fold_dir: Path, config: Config) -> bool:
+    """Let ``fold_dir`` start from the finished training in ``source`` (a fold directory of another
+    run, e.g. run_isbi.sh's ``runs/isbi2012_cpu/fold2``) instead of training the same network again.
+
+    The source checkpoint must have been written with exactly ``config`` and have finished its
+    iterations: then it *is* this variant's training (same profile, overrides, seed and fold), and
+    `run_reproduction` resumes from it, finds nothing left to train, and predicts and scores it.
+    Its files are copied (each atomically, ``last.pt`` last); nothing is done when ``fold_dir``
+    already has a ``last.pt``. Returns whether files were copied.
+    """
+    from paper_unet.checkpoint import load_checkpoint
+
+    if (fold_dir / "last.pt").is_file():
+        return False
+    last = source / "last.pt"
+    if not last.is_file():
+        raise ValueError(f"{last} does not exist: --full-from takes a run directory whose fold{fold_dir.name[4:]} "
+                         f"has finished training (e.g. runs/isbi2012_cpu after run_isbi.sh)")
+    state = load_checkpoint(last)
+    if state["config"] != config.to_dict():
+        theirs, ours = _flat(state["config"]), _flat(config)
+        differ = sorted(k for k in {**theirs, **ours} if theirs.get(k) != ours.get(k))
+        raise ValueError(f"{last} was trained with another configuration than this variant's (differs in "
+                         f"{', '.join(differ) or 'the profile name'}); adopt only a run of the same profile, "
+                         f"overrides and seed")
+    if state["iteration"] != config.optim.iterations:
+        raise ValueError(f"{last} stopped at iteration {state['iteration']} of {config.optim.iterations}: "
+                         f"finish that run first")
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    for name in ADOPTED:
+        if (source / name).is_file():
+            partial = fold_dir / f".{name}.partial"
+            shutil.copy2(source / name, partial)
+            partial.replace(fold_dir / name)
+    return True
+
+
 def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict,
          prov: dict) -> dict:
     o, r = config.optim, config.run
@@ -128,7 +170,8 @@ def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict,
 
 def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Path, csv_path: Path, *,
                  fold: int = 2, common: list[str] | None = None, progress: bool = True,
-                 command: str | None = None, slices: Path | None = None) -> list[dict]:
+                 command: str | None = None, slices: Path | None = None,
+                 adopt: dict[str, Path] | None = None) -> list[dict]:
     """Train and score each variant on ``fold``; merge its row into ``csv_path`` as soon as it ends.
 
     ``common`` overrides apply to every variant (before its own). An unfinished variant resumes
@@ -137,6 +180,8 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     whose config may differ only in prediction settings). With ``slices``, a crop of the first
     held-out slice where cells touch is kept per variant (``slices/NAME.png``, P(cell) x 255),
     with the image and labels beside them (``_image.png``, ``_labels.png``), for a figure.
+    ``adopt`` maps a variant name to another run directory whose fold network was trained with
+    exactly that variant's config: it is adopted (`adopt_network`) instead of trained again.
     """
     from paper_unet.reproduce import provenance, run_reproduction
     from paper_unet.train import TrainingDiverged
@@ -156,6 +201,8 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
             trained = out / variant.reuse
             if not (trained / f"fold{fold}" / "metrics.json").is_file():
                 raise ValueError(f"{variant.name} predicts {variant.reuse}'s networks: run {variant.reuse} first")
+        if variant.name in (adopt or {}):
+            adopt_network(Path(adopt[variant.name]) / f"fold{fold}", run_dir / f"fold{fold}", config)
         prov = {**started, "date_utc": provenance(command)["date_utc"]}  # the commit of the start
         start = time.perf_counter()
         try:
@@ -166,8 +213,8 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
             scores, status = {}, f"stopped: {error}"
             timings = {f"fold{fold}_train": time.perf_counter() - start}
             shutil.rmtree(run_dir / f"fold{fold}", ignore_errors=True)  # a rerun starts afresh
-        if "fold" in scores and f"fold{fold}_train" not in timings:  # re-read: the stage timed itself
-            timings = {f"fold{fold}_train": scores.get("train_seconds", math.nan)}
+        if "train_seconds" in scores:  # the network's own training time: summed over resumptions, kept
+            timings = {**timings, f"fold{fold}_train": scores["train_seconds"]}  # when re-read or adopted
         row = _row(variant, config, fold, status, scores, timings, prov)
         if variant.reuse:
             row["train_min"] = f"(= {variant.reuse})"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ablations of the U-Net paper's ingredients on ISBI 2012, in one command:
-#   bash reproduction/run_ablations.sh [--only NAME ...] [--fold K] [--data-dir DIR] [--set KEY=VALUE]
+#   bash reproduction/run_ablations.sh [--only NAME ...] [--fold K] [--data-dir DIR] [--full-from RUN_DIR]
 # It prepares its own environment (.venv, pinned), fetches and verifies the data if needed, then
 # trains and scores the full method (the `cpu` profile by default) and one variant per ingredient on
 # one fold, and writes results/ablations/ (README table, ablations.csv, slice crops, figure).

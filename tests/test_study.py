@@ -124,3 +124,44 @@ def test_run_ablations_help_and_bad_variant(tmp_path):
     from paper_unet.study import ablation_variants
     with pytest.raises(ValueError, match="unknown variant"):
         ablation_variants(["no_such_thing"])
+
+
+def test_adopt_a_finished_network_of_the_same_config(isbi_dir, tmp_path, capsys):
+    """--full-from: the fold network of another run with exactly the full variant's config is predicted
+    and scored instead of trained again; another config or an unfinished training is refused."""
+    import json
+
+    import torch
+    from paper_unet.config import load_config
+    from paper_unet.reproduce import run_reproduction
+    from paper_unet.study import adopt_network
+    from paper_unet.train import train
+    isbi = load_isbi2012(isbi_dir)
+    common = ["optim.iterations=2", "run.validate_every=2", "run.checkpoint_every=2"]
+    config = load_config("smoke", common)
+    run_reproduction(config, isbi, tmp_path / "isbi", progress=False, only_fold=0)
+    source = tmp_path / "isbi" / "fold0"
+    with pytest.raises(ValueError, match=r"differs in run\.seed"):
+        adopt_network(source, tmp_path / "x" / "fold0", load_config("smoke", [*common, "run.seed=1"]))
+    killed = load_config("smoke", [*common, "run.checkpoint_every=1"])
+    train(killed, isbi.train_images[:2], isbi.train_labels[:2], tmp_path / "killed" / "fold0", progress=False,
+          stop_after=1)
+    with pytest.raises(ValueError, match="stopped at iteration 1 of 2"):
+        adopt_network(tmp_path / "killed" / "fold0", tmp_path / "y" / "fold0", killed)
+    with pytest.raises(ValueError, match="does not exist"):
+        adopt_network(tmp_path / "nothing", tmp_path / "z" / "fold0", config)
+    capsys.readouterr()
+    csv_path = tmp_path / "ablations.csv"
+    rows = run_variants("smoke", [Variant("full"), Variant("no_tta", ["run.tta=false"], reuse="full")], isbi,
+                        tmp_path / "runs", csv_path, fold=0, common=common, progress=False,
+                        adopt={"full": tmp_path / "isbi"})
+    assert "no checkpoint" not in capsys.readouterr().err  # adopted, not trained from scratch
+    adopted = torch.load(tmp_path / "runs" / "full" / "fold0" / "last.pt", weights_only=False)["model"]
+    original = torch.load(source / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(adopted[k], original[k]) for k in original)
+    original_scores = json.loads((source / "metrics.json").read_text())
+    assert float(rows[0]["rand_error"]) == pytest.approx(original_scores["rand_error"])  # the same network
+    assert float(rows[0]["train_min"]) == round(original_scores["train_seconds"] / 60, 1)  # its own training time
+    assert rows[1]["train_min"] == "(= full)" and rows[1]["status"] == "ok"
+    assert adopt_network(source, tmp_path / "runs" / "full" / "fold0", config) is False  # already there
+
