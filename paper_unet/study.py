@@ -67,6 +67,12 @@ def _flat(config: Config | dict) -> dict:
             if isinstance(keys, dict) for key, value in keys.items()}
 
 
+def _differing(a: Config | dict, b: Config | dict) -> list[str]:
+    """The ``section.key`` settings in which two configs differ."""
+    flat_a, flat_b = _flat(a), _flat(b)
+    return sorted(k for k in {**flat_a, **flat_b} if flat_a.get(k) != flat_b.get(k))
+
+
 def touching_cells_window(label: np.ndarray, size: int = 128) -> tuple[slice, slice]:
     """The size x size window of a label slice with the most border weight (Eq. 2's separation
     term): where cells touch, which is where the weight map should make a difference."""
@@ -132,15 +138,13 @@ def adopt_network(source: Path, fold_dir: Path, config: Config) -> bool:
         return False
     last = source / "last.pt"
     if not last.is_file():
-        raise ValueError(f"{last} does not exist: --full-from takes a run directory whose fold{fold_dir.name[4:]} "
+        raise ValueError(f"{last} does not exist: --full-from takes a run directory whose {source.name} "
                          f"has finished training (e.g. runs/isbi2012_cpu after run_isbi.sh)")
     state = load_checkpoint(last)
     if state["config"] != config.to_dict():
-        theirs, ours = _flat(state["config"]), _flat(config)
-        differ = sorted(k for k in {**theirs, **ours} if theirs.get(k) != ours.get(k))
         raise ValueError(f"{last} was trained with another configuration than this variant's (differs in "
-                         f"{', '.join(differ) or 'the profile name'}); adopt only a run of the same profile, "
-                         f"overrides and seed")
+                         f"{', '.join(_differing(state['config'], config)) or 'the profile name'}); adopt only a "
+                         f"run of the same profile, overrides and seed")
     if state["iteration"] != config.optim.iterations:
         raise ValueError(f"{last} stopped at iteration {state['iteration']} of {config.optim.iterations}: "
                          f"finish that run first")
@@ -194,7 +198,7 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
         trained = None
         if variant.reuse:
             base = load_config(profile, [*(common or []), *dict(ablation_pairs()).get(variant.reuse, [])])
-            differ = {k for k, v in _flat(config).items() if _flat(base)[k] != v}
+            differ = set(_differing(config, base))
             if not differ <= PREDICTION_ONLY:
                 raise ValueError(f"{variant.name} reuses {variant.reuse}'s networks but differs in training "
                                  f"settings {sorted(differ - PREDICTION_ONLY)}")
