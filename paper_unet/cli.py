@@ -164,15 +164,18 @@ def _reproduce(args: argparse.Namespace) -> int:
     from paper_unet.report import write_report
     from paper_unet.reproduce import run_reproduction
 
+    if args.only_fold is not None and args.only_final:
+        raise ValueError("--only-fold and --only-final are separate processes: give one of them")
     config = _load_config(args)
     out = Path(args.out or f"runs/isbi2012_{config.name}")
     results = Path(args.results or f"results/isbi2012_{config.name}")
     isbi = load_isbi2012(args.data_dir)
     summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
-                               command=args.command_line, only_fold=args.only_fold)
+                               command=args.command_line, only_fold=args.only_fold,
+                               only_final=args.only_final, started_at=args.started_at)
     from paper_unet.distributed import is_main_process
 
-    if args.only_fold is not None or not is_main_process():
+    if args.only_fold is not None or args.only_final or not is_main_process():
         return 0
     readme = write_report(out, results, resolve_data_dir(args.data_dir), args.lr_search)
     folds = summary["folds"]
@@ -346,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--only-fold", type=int, metavar="K",
                            help="run cross-validation fold K alone (one process per GPU); a later "
                                 "call without it gathers the folds, trains the final model, reports")
+    reproduce.add_argument("--only-final", action="store_true",
+                           help="train the final model and predict the test volume alone (beside the "
+                                "--only-fold processes); a later call without it gathers and reports")
     reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
+    reproduce.add_argument("--started-at", type=float, help=argparse.SUPPRESS)  # time.time() of the whole run
     reproduce.set_defaults(func=_reproduce)
 
     ablations = commands.add_parser(

@@ -228,7 +228,14 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     made = _figures(run, results, summary, Path(isbi_dir) if isbi_dir else None)
     lr_table = _lr_table(Path(lr_search)) if lr_search else ""
     timings = summary.get("timings_s", {})
-    total_min = sum(v for k, v in timings.items() if k != "total_this_invocation") / 60
+    stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")
+    if summary.get("wall_s") is not None:  # stages ran in parallel processes (run_isbi.sh --parallel-folds)
+        train_min = ", ".join(f"fold {k} {s['train_seconds'] / 60:.1f} min" for k, s in sorted(folds.items())
+                              if s.get("train_seconds") is not None)
+        wall = (f"{summary['wall_s'] / 60:.1f} min from start to end; the folds and the final model trained in "
+                f"parallel processes (training: {train_min}; other stages: {stages})")
+    else:
+        wall = f"{sum(v for k, v in timings.items() if k != 'total_this_invocation') / 60:.1f} min in all stages ({stages})"
     m, o, d = config["model"], config["optim"], config["data"]
     hardware = prov["gpu"] or f"{prov['cpu']} ({prov['cpu_cores']} cores, {prov['torch_threads']} torch threads), no GPU"
     text = f"""# ISBI 2012 reproduction — `{config['name']}` profile
@@ -246,7 +253,7 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
 | software | torch {prov['torch']}, Python {prov['python']}, {prov['platform']} |
 | date (UTC) | {prov['date_utc']} |
 | seed | {config['run']['seed']} |
-| wall time | {total_min:.1f} min in all stages ({", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")}) |
+| wall time | {wall} |
 | network | UNet base_channels {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}, variant {m['variant']} |
 | training | tile {d['tile']}, SGD lr {o['lr']:g}{f" (linear warm-up over {o['warmup']} iterations)" if o.get('warmup') else ""} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
 | inference | {prediction_method(config)}; one tile per slice (the smallest valid one covering 512 px: {single_tile(config)} at depth {m['depth']}) |

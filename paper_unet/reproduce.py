@@ -142,14 +142,19 @@ def _barrier() -> None:
 
 def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool = True,
                      progress: bool = True, command: str | None = None,
-                     only_fold: int | None = None, trained: str | Path | None = None) -> dict:
+                     only_fold: int | None = None, only_final: bool = False,
+                     trained: str | Path | None = None, started_at: float | None = None) -> dict:
     """Cross-validation, final model, test prediction and scores; returns the summary dict.
 
     Resumable: a finished stage (its metrics file exists) is skipped, an unfinished training
     continues from its last checkpoint. Fold scores use each fold's *last* checkpoint: choosing
     the best checkpoint on the held-out block and then scoring that same block would flatter it.
     ``only_fold`` runs that fold alone (train, predict, score) and returns: the folds can run as
-    independent processes, one per GPU, and a last call without it gathers them. Under torchrun
+    independent processes, one per GPU, and a last call without it gathers them. ``only_final``
+    trains the final model and predicts the test volume alone (beside the fold processes); the
+    gathering call then finds them done and takes their stage times from ``final/timings.json``.
+    ``started_at`` (a ``time.time()``) records the wall time since then in the summary, for runs
+    whose stages ran in parallel processes. Under torchrun
     all processes train together and rank 0 alone predicts, scores and writes. ``trained``: a run
     directory whose fold checkpoints are predicted and scored instead of training new ones (a
     prediction-only variant, e.g. the same networks without TTA).
@@ -178,7 +183,7 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
 
     for k, (train_idx, val_idx) in enumerate(cv_folds(len(isbi.train_images), config.run.folds)):
         fold_dir = out / f"fold{k}"
-        if only_fold is not None and k != only_fold:
+        if only_final or (only_fold is not None and k != only_fold):
             continue
         _barrier()  # every rank sees the same finished folds
         if resume and (fold_dir / "metrics.json").is_file():
@@ -219,6 +224,11 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
 
     final_dir = out / "final"
     submission = out / "submission" / "test-volume-probabilities.tif"
+    final_timings = final_dir / "timings.json"
+    if only_final:
+        timings = {}  # this process's stages, for the gathering call
+    elif resume and submission.is_file() and final_timings.is_file():
+        timings.update(json.loads(final_timings.read_text()))
     if not submission.is_file() or not resume:
         t0 = time.perf_counter()
         train(config, train_images, isbi.train_labels, final_dir, resume=resume, progress=progress)
@@ -233,6 +243,10 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         submission.parent.mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(submission, probabilities, photometric="minisblack")
         _stage(timings, "test_predict", t0)
+        if only_final:
+            final_timings.write_text(json.dumps(timings, indent=2) + "\n")
+    if only_final:
+        return summary
     summary["submission"] = str(submission)
     if isbi.test_labels is not None:
         t0 = time.perf_counter()
@@ -241,5 +255,7 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     else:
         summary["test"] = None
     timings["total_this_invocation"] = round(time.perf_counter() - started, 1)
+    if started_at is not None:
+        summary["wall_s"] = round(time.time() - started_at, 1)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

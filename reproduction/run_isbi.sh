@@ -27,8 +27,10 @@ Options:
   --lr-search DIR  include a learning-rate search (reproduction/tune_lr.py) in the report
   --gpus N         data-parallel training on N GPUs of this machine (torchrun, one tile per GPU
                    per step: the effective batch is N tiles; see README "Scaling out")
-  --parallel-folds with --gpus N: instead run the cross-validation folds as independent
-                   processes, fold k on GPU k mod N, then the final model on GPU 0
+  --parallel-folds run the cross-validation folds and the final model as independent processes
+                   at the same time, fold k on GPU k mod N and the final model on GPU (folds mod N)
+                   (with --gpus 1 all on one GPU, which a single tile per step does not fill), then
+                   gather, score and report
   -h, --help       this help
 TXT
 }
@@ -96,15 +98,17 @@ if [ "$gpus" -gt 1 ]; then
 fi
 start=$(date +%s)
 cmdline="bash reproduction/run_isbi.sh $original_args (profile $profile)"
-if [ "$gpus" -gt 1 ] && [ "$parallel_folds" = 1 ]; then
+if [ "$parallel_folds" = 1 ]; then
   folds=$("$py" -c "from paper_unet.config import load_config; print(load_config('$profile').run.folds)")
   pids=()
   for ((k = 0; k < folds; k++)); do
     CUDA_VISIBLE_DEVICES=$((k % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet &
     pids+=($!)
   done
-  for pid in "${pids[@]}"; do wait "$pid" || die "a fold process failed (exit $?); run again to resume"; done
-  CUDA_VISIBLE_DEVICES=0 "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline"
+  CUDA_VISIBLE_DEVICES=$((folds % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet &
+  pids+=($!)
+  for pid in "${pids[@]}"; do wait "$pid" || die "a fold or final-model process failed (exit $?); run again to resume"; done
+  CUDA_VISIBLE_DEVICES=0 "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline" --started-at "$start"
 elif [ "$gpus" -gt 1 ]; then
   "$py" -m torch.distributed.run --standalone --nproc_per_node="$gpus" -m paper_unet reproduce "${args[@]}" \
     --command-line "$cmdline"

@@ -4,7 +4,8 @@ Training step (`paper_unet.train.train_step`: forward, weighted loss, backward, 
 one tile per step, a real augmented ISBI tile from `TileSampler.batch` on the same device):
 - the `cpu` network (width 16) at its profile tile, in every combination of bf16 autocast,
   channels_last and torch.compile (inductor; skipped with --no-compile);
-- the full-width `paper` network at 572 (a few steps): fp32 eager vs bf16 + channels_last.
+- the full-width `paper` network at 572 (a few steps): fp32 eager vs bf16 + channels_last (on CUDA
+  also with torch.compile).
 Achieved TFLOP/s = 3 x the model's forward FLOP count (`UNet.forward_flops`, convolutions only;
 backward ~ 2 x forward) x steps/s. On CUDA also the fraction of the GPU's peak dense bf16 rate
 (--peak-tflops; default 989, the dense bf16 peak of an H100 SXM and of an H200).
@@ -112,8 +113,12 @@ def main() -> int:
         for bf16, channels_last in ((False, False), (True, True)):
             measure(f"`cpu` network (width {cpu_width}), 572 tile", cpu_width, 572, max(2, args.steps // 2) * scale,
                     1, bf16, channels_last, False)
-    for bf16, channels_last in ((False, False), (True, True)):
-        measure("`paper` network (width 64)", 64, 572, args.paper_steps * scale, 1, bf16, channels_last, False)
+    paper_variants = [(False, False, False), (True, True, False)]
+    if cuda and not args.no_compile:  # where a full-width step is cheap enough to amortise the compilation
+        paper_variants.append((True, True, True))
+    for bf16, channels_last, compile in paper_variants:
+        measure("`paper` network (width 64)", 64, 572, args.paper_steps * scale, 3 if compile else 1, bf16,
+                channels_last, compile)
 
     def label(variant):
         bf16, channels_last, compile = variant

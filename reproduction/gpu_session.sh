@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# What one short session on a lent CUDA GPU runs, in three steps (a machine held for minutes, not hours):
+#   bash reproduction/gpu_session.sh check              # versions, the test suite on CUDA, bench_train.py alone
+#   bash reproduction/gpu_session.sh launch DEADLINE    # in the background: run_isbi.sh --profile paper
+#                                                       # --parallel-folds, sized to end by DEADLINE (epoch s),
+#                                                       # and the learning-rate check beside it
+#   bash reproduction/gpu_session.sh watch SECONDS      # progress every 30 s until done or SECONDS passed
+# Logs go to runs/gpu/ (bench, tests, progress, the chosen iterations); `pack DIR` writes them, the
+# results/ folders and the learning-rate check's logs to DIR as three archives.
+# Environment: PAPER_UNET_PYTHON (the interpreter with torch; default python3), PAPER_UNET_SHARED (the
+# folder holding data/isbi2012 and metrics_reference; default ../shared).
+#
+# The iteration count: the bench's single-process rate of the full-width step (bf16 autocast +
+# channels_last, eager) times the seconds left before DEADLINE, less 150 s for the last predictions,
+# scores and the report, times 0.8 (four processes share one GPU), over 4 networks (3 folds + final),
+# rounded down to 1,000 and capped at the profile's 50,000. Everything it chose is in runs/gpu/plan.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+py="${PAPER_UNET_PYTHON:-python3}"
+export PAPER_UNET_PYTHON="$py" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+shared="${PAPER_UNET_SHARED:-$PWD/../shared}"
+export PAPER_UNET_SHARED="$shared"
+data="$shared/data/isbi2012"
+log=runs/gpu
+mkdir -p "$log"
+lr_rates=(3e-4 2e-3)  # beside the reproduction's own fold 2 at the profile's 1e-3: same config, same seed
+lr_steps=4000
+
+case "${1:-}" in
+  check)
+    { date -u; nvidia-smi; "$py" -c "import torch, numpy, numba, scipy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'numpy', numpy.__version__, 'numba', numba.__version__, 'scipy', scipy.__version__); print(torch.cuda.get_device_name(0))"; } > "$log/env.txt" 2>&1
+    cat "$log/env.txt"
+    "$py" reproduction/benchmarks/bench_train.py --device cuda 2>&1 | tee "$log/bench_train.log" | tail -25
+    ;;
+  tests)
+    OMP_NUM_THREADS=4 "$py" -m pytest -q -p no:cacheprovider "${@:2}" > "$log/tests.log" 2>&1
+    echo "tests exit $?"; tail -15 "$log/tests.log"
+    ;;
+  launch)
+    deadline="${2:?launch needs DEADLINE (epoch seconds by which the reproduction must have ended)}"
+    rate=$("$py" - "$log/bench_train.log" <<'PY'
+import ast, sys
+for line in open(sys.argv[1]):
+    if line.startswith("('`paper`"):
+        name, tile, variant, rate, _ = ast.literal_eval(line.strip())
+        if variant == (True, True, False):
+            print(rate)
+PY
+)
+    [ -n "$rate" ] || { echo "no full-width bf16 rate in $log/bench_train.log: run check first" >&2; exit 1; }
+    now=$(date +%s)
+    iterations=$("$py" -c "print(min(50000, int(0.8 * $rate * ($deadline - $now - 150 - 2 * $lr_steps / $rate) / 4 / 1000) * 1000))")
+    [ "$iterations" -ge 1000 ] || { echo "too little time left ($((deadline - now)) s) for 1,000 iterations" >&2; exit 1; }
+    echo "rate $rate steps/s (one process, bench); deadline in $((deadline - now)) s; iterations $iterations" \
+      | tee "$log/plan.txt"
+    sets=(--set optim.iterations="$iterations" --set run.bf16=true --set run.channels_last=true)
+    OMP_NUM_THREADS=2 setsid nohup bash reproduction/run_isbi.sh --profile paper --data-dir "$data" \
+      --parallel-folds "${sets[@]}" > "$log/reproduce.log" 2>&1 < /dev/null &
+    for lr in "${lr_rates[@]}"; do
+      OMP_NUM_THREADS=2 setsid nohup "$py" reproduction/tune_lr.py --profile paper --data-dir "$data" --fold 2 \
+        --rates "$lr" --iterations "$lr_steps" --keep-schedule --validate-every 2000 \
+        --set run.bf16=true --set run.channels_last=true --out "runs/lr_gpu/lr_$lr" --quiet \
+        > "$log/lr_$lr.log" 2>&1 < /dev/null &
+    done
+    echo "launched"
+    ;;
+  watch)
+    end=$(( $(date +%s) + ${2:?watch needs SECONDS} ))
+    while [ "$(date +%s)" -lt "$end" ]; do
+      line="$(date -u +%T)"
+      for f in runs/isbi2012_paper/fold*/train_log.csv runs/isbi2012_paper/final/train_log.csv runs/lr_gpu/*/lr_*/train_log.csv; do
+        [ -f "$f" ] && line+=" | ${f#runs/} $(tail -1 "$f" | cut -d, -f1,2,4)"
+      done
+      echo "$line" | tee -a "$log/progress.txt"
+      grep -q "run_isbi.sh: finished\|run_isbi.sh: error" "$log/reproduce.log" 2>/dev/null && break
+      sleep 30
+    done
+    tail -5 "$log/reproduce.log"
+    ;;
+  pack)
+    dir="${2:?pack needs DIR}"
+    tar czf "$dir/gpu_logs.tgz" runs/gpu results/performance.md 2>/dev/null
+    tar czf "$dir/lr_gpu.tgz" --exclude='*.pt' --exclude='*.tif' runs/lr_gpu 2>/dev/null
+    tar czf "$dir/isbi2012_paper.tgz" --exclude='*.pt' --exclude='*.tif' results/isbi2012_paper runs/isbi2012_paper 2>/dev/null
+    ls -la "$dir"
+    ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
