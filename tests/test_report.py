@@ -80,3 +80,25 @@ def test_cpu_label_names_what_the_profile_reduces():
     assert _reduced(load_config("cpu").to_dict()) == ": reduced width, iterations"
     assert _reduced(load_config("smoke").to_dict()) == ": reduced width, tile, iterations"
     assert _reduced(load_config("paper").to_dict()) == ""
+
+
+def test_a_shortened_gpu_run_says_so_at_the_top_and_in_its_table1_row(isbi_dir, tmp_path):
+    """A GPU run of the paper profile cut to fewer iterations (issue 16: 19,000 of 50,000) is labelled as
+    such, like a CPU run; the parallel-process wall time is reported as wall time, not as a sum of stages."""
+    run = fake_run(tmp_path, isbi_dir, 3, True, 5)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["config"] = load_config("paper", ["optim.iterations=19000"]).to_dict()
+    summary["device"] = "cuda"
+    summary["provenance"]["gpu"] = "NVIDIA H100 80GB HBM3"
+    summary["wall_s"] = 675.7
+    summary["timings_s"] = {"final_train": 635.1, "test_predict": 6.7}
+    for k, fold in summary["folds"].items():
+        fold["train_seconds"] = 640.0
+    (run / "summary.json").write_text(json.dumps(summary))
+    readme = write_report(run, tmp_path / "results", isbi_dir).read_text()
+    assert "**GPU run: reduced iterations against the `paper` profile (width 64, tile 572, 19000 iterations; " \
+           "the profile: 64, 572, 50000).**" in readme
+    assert "ours, `paper` profile (reduced iterations: 19000 iterations)" in readme
+    assert "CPU run" not in readme
+    assert "| wall time | 11.3 min from start to end; the folds and the final model trained in parallel" in readme
+    assert "fold 0 10.7 min" in readme

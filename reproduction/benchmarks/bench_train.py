@@ -170,7 +170,9 @@ Inference, full-width network, fp32, one 700x700 tile per 512x512 ISBI test slic
 - without TTA: {inference[False]:.2f} s per slice
 - with TTA (8 dihedral views in one batch): {inference[True]:.2f} s per slice ({inference[True] / inference[False]:.1f}x)
 """
-    publish("Training step, sampler and inference speed (bench_train.py)", body, write=not args.no_write)
+    # one section per kind of device, so that the CPU and the GPU figures stand side by side
+    title = "Training step, sampler and inference speed (bench_train.py" + (", CUDA GPU)" if cuda else ")")
+    publish(title, body, write=not args.no_write)
     return 0
 
 
