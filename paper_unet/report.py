@@ -216,7 +216,8 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
         paper = load_config("paper")
         banner = (f"**GPU run{reduced} against the `paper` profile (width {config['model']['base_channels']}, "
                   f"tile {config['data']['tile']}, {config['optim']['iterations']} iterations; the profile: "
-                  f"{paper.model.base_channels}, {paper.data.tile}, {paper.optim.iterations}).** ")
+                  f"{paper.model.base_channels}, {paper.data.tile}, {paper.optim.iterations}), NOT the paper "
+                  f"setting.** ")
         label = f"ours, `{config['name']}` profile ({reduced[2:]}: {config['optim']['iterations']} iterations)"
     else:
         banner, label = "", f"ours, `{config['name']}` profile"

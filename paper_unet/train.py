@@ -193,6 +193,11 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.run.device)
     if device.type == "cuda" and world > 1:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"{world} training processes were started on this machine, but it has "
+                               f"{torch.cuda.device_count()} CUDA GPU(s): start one process per GPU "
+                               f"(run_isbi.sh --gpus {torch.cuda.device_count()}), or train on the CPU "
+                               f"(--device cpu)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     o, r = config.optim, config.run

@@ -105,3 +105,8 @@ def test_train_then_predict_writes_the_submission_format(isbi_dir, tmp_path, cap
 def test_fold_out_of_range_is_a_clear_error(isbi_dir, tmp_path, capsys):
     code = main(["train", "--profile", "smoke", "--data-dir", str(isbi_dir), "--out", str(tmp_path), "--fold", "3"])
     assert code == 2 and "0 to 2" in capsys.readouterr().err
+
+
+def test_only_fold_and_only_final_together_are_refused(capsys):
+    assert main(["reproduce", "--profile", "smoke", "--only-fold", "0", "--only-final"]) == 2
+    assert "--only-fold and --only-final are separate processes" in capsys.readouterr().err

@@ -15,7 +15,9 @@ from paper_unet.train import load_checkpoint
 
 
 def torchrun(out, stop_after, mode, isbi_dir, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # gloo on the CPU on any machine: hidden GPUs (a GPU machine may have fewer GPUs than the 2 ranks,
+    # and NCCL wants one GPU per rank)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "tests" / "ddp_worker.py"), str(out), str(stop_after), mode, str(isbi_dir)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
@@ -54,6 +56,8 @@ def test_a_collapse_seen_by_one_rank_stops_every_rank_with_the_message(isbi_dir,
 
 def reproduce(*args, nproc=None, env_threads="1"):
     env = dict(os.environ, OMP_NUM_THREADS=env_threads)
+    if nproc:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # several ranks: gloo on the CPU, as in torchrun() above
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc else [sys.executable])
     return subprocess.run(launcher + ["-m", "paper_unet", "reproduce", "--profile", "smoke", "--quiet", *args],

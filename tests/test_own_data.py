@@ -84,7 +84,7 @@ def test_a_checkpoint_predicts_with_the_normalisation_it_was_trained_with(em, tm
     model, config = model_from_checkpoint(run / "last.pt")
     assert config.data.normalize == "percentile"  # what "auto" meant for float data, recorded
     assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(tmp_path / "img.tif"),
-                 "--output", str(tmp_path / "p.tif"), "--quiet"]) == 0
+                 "--output", str(tmp_path / "p.tif"), "--quiet", "--device", "cpu"]) == 0  # compared with a CPU run
     from paper_unet.tiling import predict_stack
     raw = tifffile.imread(tmp_path / "img.tif")
     expected = predict_stack(model, normalize(raw, "percentile"), tta=config.run.tta, progress=False)

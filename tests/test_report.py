@@ -97,7 +97,7 @@ def test_a_shortened_gpu_run_says_so_at_the_top_and_in_its_table1_row(isbi_dir, 
     (run / "summary.json").write_text(json.dumps(summary))
     readme = write_report(run, tmp_path / "results", isbi_dir).read_text()
     assert "**GPU run: reduced iterations against the `paper` profile (width 64, tile 572, 19000 iterations; " \
-           "the profile: 64, 572, 50000).**" in readme
+           "the profile: 64, 572, 50000), NOT the paper setting.**" in readme
     assert "ours, `paper` profile (reduced iterations: 19000 iterations)" in readme
     assert "CPU run" not in readme
     assert "| wall time | 11.3 min from start to end; the folds and the final model trained in parallel" in readme

@@ -198,7 +198,7 @@ def test_predict_on_absent_gpu_says_what_to_do(model):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_predict_on_cuda_equals_cpu(model):
+def test_predict_on_cuda_equals_cpu(model, strict_fp32):
     image = np.random.default_rng(5).random((90, 70), dtype=np.float32)
     cpu = tiling.predict(model, image, tile_size=204)
     gpu_model = UNet(base_channels=4, depth=5).eval()
