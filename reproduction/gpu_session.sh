@@ -6,7 +6,8 @@
 #                                                       # and the learning-rate check beside it
 #   bash reproduction/gpu_session.sh tests [SECONDS]    # the whole test suite, capped (default 400 s)
 #   bash reproduction/gpu_session.sh watch SECONDS      # progress every 30 s until done or SECONDS passed
-# Logs go to runs/gpu/ (bench, tests, progress, the chosen iterations); `pack DIR` writes them, the
+#   bash reproduction/gpu_session.sh plan DEADLINE      # only print the iterations that launch would choose
+# Logs go to runs/gpu/ ($GPU_SESSION_LOG; bench, tests, progress, the chosen iterations); `pack DIR` writes them, the
 # results/ folders and the learning-rate check's logs to DIR as three archives.
 # Environment: PAPER_UNET_PYTHON (the interpreter with torch; default python3), PAPER_UNET_SHARED (the
 # folder holding data/isbi2012 and metrics_reference; default ../shared).
@@ -25,7 +26,7 @@ export PAPER_UNET_PYTHON="$py" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTH
 shared="${PAPER_UNET_SHARED:-$PWD/../shared}"
 export PAPER_UNET_SHARED="$shared"
 data="$shared/data/isbi2012"
-log=runs/gpu
+log="${GPU_SESSION_LOG:-runs/gpu}"
 mkdir -p "$log"
 lr_rates=(3e-4 2e-3)  # beside the reproduction's own fold 2 at the profile's 1e-3: same config, same seed
 lr_steps=4000
@@ -46,8 +47,8 @@ case "${1:-}" in
       > "$log/tests.log" 2>&1
     echo "tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$log/tests.log" | tail -30
     ;;
-  launch)
-    deadline="${2:?launch needs DEADLINE (epoch seconds by which the reproduction must have ended)}"
+  plan|launch)
+    deadline="${2:?$1 needs DEADLINE (epoch seconds by which the reproduction must have ended)}"
     rate=$("$py" - "$log/bench_train.log" <<'PY'
 import ast, sys
 for line in open(sys.argv[1]):
@@ -63,6 +64,7 @@ PY
     [ "$iterations" -ge 1000 ] || { echo "too little time left ($((deadline - now)) s) for 1,000 iterations" >&2; exit 1; }
     echo "rate $rate steps/s (one process, bench); deadline in $((deadline - now)) s; iterations $iterations" \
       | tee "$log/plan.txt"
+    [ "$1" = plan ] && exit 0
     sets=(--set optim.iterations="$iterations" --set run.bf16=true --set run.channels_last=true)
     OMP_NUM_THREADS=2 setsid nohup bash reproduction/run_isbi.sh --profile paper --data-dir "$data" \
       --parallel-folds "${sets[@]}" > "$log/reproduce.log" 2>&1 < /dev/null &
@@ -94,5 +96,5 @@ PY
     tar czf "$dir/isbi2012_paper.tgz" --exclude='*.pt' --exclude='*.tif' results/isbi2012_paper runs/isbi2012_paper 2>/dev/null
     ls -la "$dir"
     ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

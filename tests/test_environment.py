@@ -88,3 +88,29 @@ def test_declared_python_minimum_is_3_11():
     import tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11"
+
+
+def test_gpu_session_sizes_the_reproduction_from_the_benchmark_and_the_time_left(tmp_path):
+    """reproduction/gpu_session.sh plan: iterations = 1.2 x the bench's full-width rate x (seconds left
+    - 150 - the learning-rate check's 2 x 4,000 steps) / 4 networks, rounded down to 1,000, capped at
+    50,000; too little time is refused. Hand-checked: 85 steps/s, 1,000 s left: 1.2 x 85 x (850 -
+    94.1) / 4 = 19,275 -> 19,000."""
+    import time
+    (tmp_path / "bench_train.log").write_text(
+        "('`cpu` network (width 16)', 572, (True, True, False), 95.0, 5.4)\n"
+        "('`paper` network (width 64)', 572, (False, False, False), 87.1, 78.6)\n"
+        "('`paper` network (width 64)', 572, (True, True, False), 85.0, 76.7)\n")
+    env = dict(os.environ, GPU_SESSION_LOG=str(tmp_path), PAPER_UNET_PYTHON=sys.executable)
+
+    def plan(seconds_left):
+        return subprocess.run(["bash", str(REPO / "reproduction" / "gpu_session.sh"), "plan",
+                               str(int(time.time()) + seconds_left)], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    done = plan(1000)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("iterations 19000")
+    assert (tmp_path / "plan.txt").read_text() == done.stdout
+    assert plan(100000).stdout.strip().endswith("iterations 50000")  # the profile's own count at most
+    short = plan(200)
+    assert short.returncode == 1 and "too little time left" in short.stderr
