@@ -2,23 +2,25 @@
 # What one short session on a lent CUDA GPU runs, step by step (a machine held for minutes, not hours):
 #   bash reproduction/gpu_session.sh check              # versions, the CUDA tests, bench_train.py alone
 #   bash reproduction/gpu_session.sh launch DEADLINE    # in the background: run_isbi.sh --profile paper
-#                                                       # --parallel-folds, sized to end by DEADLINE (epoch s),
-#                                                       # and the learning-rate check beside it
+#                                                       # --parallel-folds (the profile as shipped: fp32), sized
+#                                                       # to end by DEADLINE (epoch s), and the learning-rate
+#                                                       # check beside it
 #   bash reproduction/gpu_session.sh tests [SECONDS]    # the whole test suite, capped (default 400 s)
 #   bash reproduction/gpu_session.sh watch SECONDS      # progress every 30 s until done or SECONDS passed
 #   bash reproduction/gpu_session.sh plan DEADLINE      # only print the iterations that launch would choose
-# Logs go to runs/gpu/ ($GPU_SESSION_LOG; bench, tests, progress, the chosen iterations); `pack DIR` writes them, the
-# results/ folders and the learning-rate check's logs to DIR as three archives.
+# Logs go to runs/gpu/ ($GPU_SESSION_LOG; bench, tests, progress, the chosen iterations, the report);
+# `pack DIR` writes them, the run directory's logs and scores and the learning-rate check's to DIR as
+# three archives.
 # Environment: PAPER_UNET_PYTHON (the interpreter with torch; default python3), PAPER_UNET_SHARED (the
 # folder holding data/isbi2012 and metrics_reference; default ../shared).
 #
-# The iteration count: the bench's single-process rate of the full-width step (bf16 autocast +
-# channels_last, eager) times the seconds left before DEADLINE, less 150 s for the last predictions,
+# The iteration count: the bench's single-process rate of the full-width step (fp32, eager) times the seconds left before DEADLINE, less 150 s for the last predictions,
 # scores and the report, times 1.2 (four processes on one H100 ran 1.37x one process's rate on
 # 2026-11-25, less a margin; that session used 0.8 and finished in half its window), over 4 networks
 # (3 folds + final), rounded down to 1,000 and capped at the profile's 50,000. Everything it chose is in
-# runs/gpu/plan.txt. A device machine re-sends the tracked files with every call, so results/ files
-# written there are copied to runs/gpu/ at once (`pack` takes them from there).
+# runs/gpu/plan.txt. A device machine re-sends the tracked files with every call, so nothing is written
+# to tracked paths there: the reproduction's report goes to runs/gpu/isbi2012_paper/, performance.md
+# is copied to runs/gpu/ at once (`pack` takes them from there; copy them to results/ here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PAPER_UNET_PYTHON:-python3}"
@@ -54,24 +56,25 @@ import ast, sys
 for line in open(sys.argv[1]):
     if line.startswith("('`paper`"):
         name, tile, variant, rate, _ = ast.literal_eval(line.strip())
-        if variant == (True, True, False):
+        if variant == (False, False, False):  # fp32 eager: what launch runs
             print(rate)
 PY
 )
-    [ -n "$rate" ] || { echo "no full-width bf16 rate in $log/bench_train.log: run check first" >&2; exit 1; }
+    [ -n "$rate" ] || { echo "no full-width fp32 rate in $log/bench_train.log: run check first" >&2; exit 1; }
     now=$(date +%s)
     iterations=$("$py" -c "print(min(50000, int(1.2 * $rate * ($deadline - $now - 150 - 2 * $lr_steps / $rate) / 4 / 1000) * 1000))")
     [ "$iterations" -ge 1000 ] || { echo "too little time left ($((deadline - now)) s) for 1,000 iterations" >&2; exit 1; }
     echo "rate $rate steps/s (one process, bench); deadline in $((deadline - now)) s; iterations $iterations" \
       | tee "$log/plan.txt"
     [ "$1" = plan ] && exit 0
-    sets=(--set optim.iterations="$iterations" --set run.bf16=true --set run.channels_last=true)
+    # fp32, the profile's default: on an H100 bf16 + channels_last is no faster (0.97x, 2026-11-25)
     OMP_NUM_THREADS=2 setsid nohup bash reproduction/run_isbi.sh --profile paper --data-dir "$data" \
-      --parallel-folds "${sets[@]}" > "$log/reproduce.log" 2>&1 < /dev/null &
+      --parallel-folds --set optim.iterations="$iterations" --results "$log/isbi2012_paper" \
+      > "$log/reproduce.log" 2>&1 < /dev/null &
     for lr in "${lr_rates[@]}"; do
       OMP_NUM_THREADS=2 setsid nohup "$py" reproduction/tune_lr.py --profile paper --data-dir "$data" --fold 2 \
         --rates "$lr" --iterations "$lr_steps" --keep-schedule --validate-every 2000 \
-        --set run.bf16=true --set run.channels_last=true --out "runs/lr_gpu/lr_$lr" --quiet \
+        --out "runs/lr_gpu/lr_$lr" --quiet \
         > "$log/lr_$lr.log" 2>&1 < /dev/null &
     done
     echo "launched"
@@ -93,8 +96,8 @@ PY
     dir="${2:?pack needs DIR}"
     tar czf "$dir/gpu_logs.tgz" runs/gpu 2>/dev/null
     tar czf "$dir/lr_gpu.tgz" --exclude='*.pt' --exclude='*.tif' runs/lr_gpu 2>/dev/null
-    tar czf "$dir/isbi2012_paper.tgz" --exclude='*.pt' --exclude='*.tif' results/isbi2012_paper runs/isbi2012_paper 2>/dev/null
+    tar czf "$dir/isbi2012_paper.tgz" --exclude='*.pt' --exclude='*.tif' runs/isbi2012_paper 2>/dev/null
     ls -la "$dir"
     ;;
-  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

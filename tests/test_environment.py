@@ -91,15 +91,15 @@ def test_declared_python_minimum_is_3_11():
 
 
 def test_gpu_session_sizes_the_reproduction_from_the_benchmark_and_the_time_left(tmp_path):
-    """reproduction/gpu_session.sh plan: iterations = 1.2 x the bench's full-width rate x (seconds left
-    - 150 - the learning-rate check's 2 x 4,000 steps) / 4 networks, rounded down to 1,000, capped at
-    50,000; too little time is refused. Hand-checked: 85 steps/s, 1,000 s left: 1.2 x 85 x (850 -
-    94.1) / 4 = 19,275 -> 19,000."""
+    """reproduction/gpu_session.sh plan: iterations = 1.2 x the bench's full-width fp32 rate x (seconds
+    left - 150 - the learning-rate check's 2 x 4,000 steps) / 4 networks, rounded down to 1,000, capped
+    at 50,000; too little time is refused. Hand-checked: 87.1 steps/s, 1,000 s left: 1.2 x 87.1 x
+    (850 - 91.8) / 4 = 19,811 -> 19,000; with the bf16 row's 60.0 it would be 12,000."""
     import time
     (tmp_path / "bench_train.log").write_text(
         "('`cpu` network (width 16)', 572, (True, True, False), 95.0, 5.4)\n"
         "('`paper` network (width 64)', 572, (False, False, False), 87.1, 78.6)\n"
-        "('`paper` network (width 64)', 572, (True, True, False), 85.0, 76.7)\n")
+        "('`paper` network (width 64)', 572, (True, True, False), 60.0, 54.1)\n")
     env = dict(os.environ, GPU_SESSION_LOG=str(tmp_path), PAPER_UNET_PYTHON=sys.executable)
 
     def plan(seconds_left):
