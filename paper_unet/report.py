@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from paper_unet.config import Config, load_config
+
 __all__ = ["write_report", "write_lr_check", "PAPER_TABLE1", "prediction_method", "single_tile"]
 
 # Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
@@ -157,11 +159,9 @@ def _lr_table(run: Path) -> str:
     return "\n".join(lines)
 
 
-def _reduced(config: dict) -> str:
+def _reduced(config: dict, paper: Config | None = None) -> str:
     """What a run's config reduces against the paper profile, for the README's label (CPU or GPU)."""
-    from paper_unet.config import load_config
-
-    paper = load_config("paper")
+    paper = paper or load_config("paper")
     smaller = [what for what, ours, theirs in (
         ("width", config["model"]["base_channels"], paper.model.base_channels),
         ("tile", config["data"]["tile"], paper.data.tile),
@@ -206,14 +206,12 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     mean = {m: float(np.mean([r[m] for r in fold_rows])) for m in METRICS} if fold_rows else {}
     std = {m: float(np.std([r[m] for r in fold_rows], ddof=1)) if len(fold_rows) > 1 else math.nan
            for m in METRICS} if fold_rows else {}
-    reduced = _reduced(config)
+    paper = load_config("paper")
+    reduced = _reduced(config, paper)
     if cpu_run:
         banner = f"**CPU run{reduced}, NOT the paper setting.** "
         label = f"ours, `{config['name']}` profile (CPU run, NOT the paper setting)"
     elif reduced:  # a GPU run cut down to fit the time it had: say so wherever its numbers appear
-        from paper_unet.config import load_config
-
-        paper = load_config("paper")
         banner = (f"**GPU run{reduced} against the `paper` profile (width {config['model']['base_channels']}, "
                   f"tile {config['data']['tile']}, {config['optim']['iterations']} iterations; the profile: "
                   f"{paper.model.base_channels}, {paper.data.tile}, {paper.optim.iterations}), NOT the paper "
@@ -242,14 +240,15 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     made = _figures(run, results, summary, Path(isbi_dir) if isbi_dir else None)
     lr_table = _lr_table(Path(lr_search)) if lr_search else ""
     timings = summary.get("timings_s", {})
-    stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items() if k != "total_this_invocation")
+    stage_s = {k: v for k, v in timings.items() if k != "total_this_invocation"}
+    stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_s.items())
     if summary.get("wall_s") is not None:  # stages ran in parallel processes (run_isbi.sh --parallel-folds)
         train_min = ", ".join(f"fold {k} {s['train_seconds'] / 60:.1f} min" for k, s in sorted(folds.items())
                               if s.get("train_seconds") is not None)
         wall = (f"{summary['wall_s'] / 60:.1f} min from start to end; the folds and the final model trained in "
                 f"parallel processes (training: {train_min}; other stages: {stages})")
     else:
-        wall = f"{sum(v for k, v in timings.items() if k != 'total_this_invocation') / 60:.1f} min in all stages ({stages})"
+        wall = f"{sum(stage_s.values()) / 60:.1f} min in all stages ({stages})"
     m, o, d = config["model"], config["optim"], config["data"]
     hardware = prov["gpu"] or f"{prov['cpu']} ({prov['cpu_cores']} cores, {prov['torch_threads']} torch threads), no GPU"
     text = f"""# ISBI 2012 reproduction — `{config['name']}` profile
