@@ -160,7 +160,7 @@ def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor | None,
-                  params: list[AugmentParams], tile: int, out_tile: int
+                  params: list[AugmentParams], tile: int, out_tile: int, dtype: torch.dtype = torch.float32
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """`augment` for a batch, in one pass on the device of ``images``.
 
@@ -168,6 +168,8 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
         images, labels, weights: (N, H, W) source slices, one per sample (a slice may repeat);
             labels and weights may be None.
         params: N parameter draws (`draw_params`), as for `augment`.
+        dtype: the arithmetic's precision. Training uses float32; float64 gives the tests a reference
+            against which the float32 results of the CPU and of a GPU are held.
     Returns (N, tile, tile) images and (N, out_tile, out_tile) labels and weights: the same values
     as N calls of `augment` (the same float32 operations, batched). The parameters travel to the
     device in one asynchronous copy, so the host never waits for the device here.
@@ -177,13 +179,13 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
         raise ValueError(f"images {tuple(images.shape)} must be (N, H, W) with N = {n} parameter draws")
     device = images.device
     height, width = images.shape[-2:]
-    packed = to_device(torch.tensor(  # one row per sample, rounded to float32 like a Python scalar
+    packed = to_device(torch.tensor(  # one row per sample, rounded to ``dtype`` like a Python scalar
         [[p.center[0], p.center[1], math.cos(p.angle), math.sin(p.angle), float(p.flip), p.gamma, p.contrast,
-          p.brightness, *p.displacement.flatten().tolist()] for p in params], dtype=torch.float32), device)
+          p.brightness, *p.displacement.flatten().tolist()] for p in params], dtype=dtype), device)
     cy, cx, cos, sin, flip, gamma, contrast, brightness = (packed[:, i, None, None] for i in range(8))
     displacement = packed[:, 8:].reshape(n, *params[0].displacement.shape)
     c = (tile - 1) / 2
-    axis = torch.arange(tile, dtype=torch.float32, device=device) - c
+    axis = torch.arange(tile, dtype=dtype, device=device) - c
     v, u = torch.meshgrid(axis, axis, indexing="ij")
     u = torch.where(flip > 0.5, -u, u)
     field = F.interpolate(displacement, size=(tile, tile), mode="bicubic", align_corners=True)
@@ -192,7 +194,7 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
     grid = torch.stack([2 * x / max(width - 1, 1) - 1, 2 * y / max(height - 1, 1) - 1], dim=-1)
 
     def sample(array: torch.Tensor, where: torch.Tensor, mode: str) -> torch.Tensor:
-        return F.grid_sample(array[:, None].float(), where, mode=mode, padding_mode="reflection",
+        return F.grid_sample(array[:, None].to(dtype), where, mode=mode, padding_mode="reflection",
                              align_corners=True)[:, 0]
 
     image_tiles = sample(images, grid, "bicubic").clamp(0, 1)
