@@ -360,14 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
         "ablations", help="what each of the paper's ingredients buys (what run_ablations.sh runs)",
         description="Train and score the full method and one variant per ingredient (no border term, plain "
                     "cross entropy, no elastic deformation, no augmentation, no TTA, the padded + BatchNorm "
-                    "network, no dropout) plus the full method with a second seed, all with the same "
+                    "network, the padded network without BatchNorm, no dropout) plus the full method with a second seed, all with the same "
                     "iterations, tile and seed on one fold. Resumable: a finished variant is only re-read, an "
                     "unfinished one continues from its checkpoints; rows are merged into RESULTS/ablations.csv.")
     add_config_options(ablations)
     ablations.set_defaults(profile="cpu")
     ablations.add_argument("--only", nargs="+", metavar="NAME",
                            help="run these variants only (full, no_border_term, plain_cross_entropy, no_elastic, "
-                                "no_augmentation, no_tta, padded_unet, no_dropout, full_seed1)")
+                                "no_augmentation, no_tta, padded_unet, padded_no_bn, no_dropout, full_seed1)")
     ablations.add_argument("--fold", type=int, default=2, help="cross-validation fold (default 2: slices 20-29)")
     ablations.add_argument("--out", default="runs/ablations", help="run directories, one per variant")
     ablations.add_argument("--full-from", metavar="RUN_DIR",

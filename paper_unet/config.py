@@ -31,6 +31,7 @@ class ModelConfig:
     dropout: float = 0.5  # [release]
     variant: str = "paper"
     network: str = "unet"  # "unet": the paper's; "padded": PaddedUNet (same-padding + BatchNorm), ablation only
+    padded_batch_norm: bool = True  # network = "padded" only: False drops its BatchNorm (ablation padded_no_bn)
 
 
 @dataclass
@@ -139,6 +140,9 @@ def _validate(config: Config) -> None:
 
     if config.model.network not in ("unet", "padded"):
         raise ValueError(f"model.network must be unet or padded, got {config.model.network!r}")
+    if config.model.network == "unet" and not config.model.padded_batch_norm:
+        raise ValueError("model.padded_batch_norm=false applies to the padded network only (the paper's U-Net "
+                         "has no BatchNorm): add model.network=\"padded\" or drop the setting")
 
     if config.data.normalize not in NORMALIZATIONS:
         raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")

@@ -218,15 +218,15 @@ class UNet(nn.Module):
 
 
 class _PaddedTwoConvs(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
+        layers: list[nn.Module] = []
+        for channels in (in_channels, out_channels):
+            if batch_norm:  # BatchNorm's shift replaces the convolution's bias
+                layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)]
+            else:
+                layers.append(nn.Conv2d(channels, out_channels, 3, padding=1))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
 
 
 class PaddedUNet(nn.Module):
@@ -238,26 +238,29 @@ class PaddedUNet(nn.Module):
     comes from are fixed: when sizes differ after up-sampling (odd sizes) the up-sampled map is
     resized *and then* concatenated with the skip, and the network ends in a plain 1x1 conv to the
     classes (the original ended in BatchNorm + ReLU, so logits could never be negative).
+
+    ``batch_norm=False`` (ablation ``padded_no_bn``) drops the BatchNorm layers and gives the
+    convolutions their biases back: same-padding alone, to separate its cost from BatchNorm's.
     """
 
     same_padding = True  # the output has the input's size: `tiling.predict` runs whole images
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2,
-                 features: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+                 features: tuple[int, ...] = (64, 128, 256, 512), batch_norm: bool = True) -> None:
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes
         self.downs = nn.ModuleList()
         channels = in_channels
         for width in features:
-            self.downs.append(_PaddedTwoConvs(channels, width))
+            self.downs.append(_PaddedTwoConvs(channels, width, batch_norm))
             channels = width
         self.pool = nn.MaxPool2d(2, 2)
-        self.bottleneck = _PaddedTwoConvs(features[-1], 2 * features[-1])
+        self.bottleneck = _PaddedTwoConvs(features[-1], 2 * features[-1], batch_norm)
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
         for width in reversed(features):
             self.ups.append(nn.ConvTranspose2d(2 * width, width, 2, 2))
-            self.blocks.append(_PaddedTwoConvs(2 * width, width))
+            self.blocks.append(_PaddedTwoConvs(2 * width, width, batch_norm))
         self.head = nn.Conv2d(features[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

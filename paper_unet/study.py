@@ -40,6 +40,7 @@ ABLATIONS = {
     "no_augmentation": ["data.elastic_std=0.0", "data.rotate=false", "data.flip=false", "data.gray_values=false"],
     "no_tta": ["run.tta=false"],  # the full method's checkpoints, predicted without TTA
     "padded_unet": ['model.network="padded"'],  # same-padding + BatchNorm, whole-slice prediction
+    "padded_no_bn": ['model.network="padded"', "model.padded_batch_norm=false"],  # padded_unet less BatchNorm
     "no_dropout": ["model.dropout=0.0"],
 }
 REUSE = {"no_tta": "full"}
@@ -289,6 +290,7 @@ WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 
         "no_augmentation": "no elastic deformation, rotation, flip or gray values (random crops kept)",
         "no_tta": "the full method's networks, predicted without TTA",
         "padded_unet": "PaddedUNet (same-padding + BatchNorm), whole-slice prediction",
+        "padded_no_bn": "PaddedUNet without BatchNorm (same-padding alone), whole-slice prediction",
         "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)"}
 
 
