@@ -166,20 +166,23 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.only_fold is not None and args.only_final:
         raise ValueError("--only-fold and --only-final are separate processes: give one of them")
+    if args.cv_only and args.only_final:
+        raise ValueError("--cv-only trains no final model: drop --only-final (or --cv-only)")
     config = _load_config(args)
     out = Path(args.out or f"runs/isbi2012_{config.name}")
     results = Path(args.results or f"results/isbi2012_{config.name}")
     isbi = load_isbi2012(args.data_dir)
     summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
                                command=args.command_line, only_fold=args.only_fold,
-                               only_final=args.only_final, started_at=args.started_at)
+                               only_final=args.only_final, cv_only=args.cv_only, started_at=args.started_at)
     from paper_unet.distributed import is_main_process
 
     if args.only_fold is not None or args.only_final or not is_main_process():
         return 0
     readme = write_report(out, results, resolve_data_dir(args.data_dir), args.lr_search)
     folds = summary["folds"]
-    print(f"done: {len(folds)} folds, submission {summary['submission']}; report {readme}")
+    submission = summary["submission"] or "none (--cv-only)"
+    print(f"done: {len(folds)} folds, submission {submission}; report {readme}")
     return 0
 
 
@@ -352,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--only-final", action="store_true",
                            help="train the final model and predict the test volume alone (beside the "
                                 "--only-fold processes); a later call without it gathers and reports")
+    reproduce.add_argument("--cv-only", action="store_true",
+                           help="the cross-validation alone: no final model, no test-volume submission "
+                                "(the report says so)")
     reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
     reproduce.add_argument("--started-at", type=float, help=argparse.SUPPRESS)  # time.time() of the whole run
     reproduce.set_defaults(func=_reproduce)

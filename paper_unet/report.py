@@ -169,6 +169,14 @@ def _reduced(config: dict, paper: Config | None = None) -> str:
     return f": reduced {', '.join(smaller)}" if smaller else ""
 
 
+def _submission_line(summary: dict) -> str:
+    """Where the test-volume submission is, or why there is none (a `--cv-only` run)."""
+    if summary.get("submission"):
+        return f"Submission (float32 TIFF, 1 = cell): `{Path(summary['submission']).name}` in the run directory."
+    return ("No final model and no test-volume submission: this run was the cross-validation alone "
+            "(`reproduce --cv-only`, `run_isbi.sh --cv-only`).")
+
+
 def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | None = None,
                  lr_search: str | Path | None = None) -> Path:
     """Write results/ (README.md, CSVs, figures) from a `run_reproduction` output directory.
@@ -245,7 +253,8 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
     if summary.get("wall_s") is not None:  # stages ran in parallel processes (run_isbi.sh --parallel-folds)
         train_min = ", ".join(f"fold {k} {s['train_seconds'] / 60:.1f} min" for k, s in sorted(folds.items())
                               if s.get("train_seconds") is not None)
-        wall = (f"{summary['wall_s'] / 60:.1f} min from start to end; the folds and the final model trained in "
+        together = "the folds and the final model" if summary.get("submission") else "the folds"
+        wall = (f"{summary['wall_s'] / 60:.1f} min from start to end; {together} trained in "
                 f"parallel processes (training: {train_min}; other stages: {stages})")
     else:
         wall = f"{sum(stage_s.values()) / 60:.1f} min in all stages ({stages})"
@@ -285,7 +294,7 @@ The paper's rows are the challenge's **test-set** leaderboard (6 March 2015, sco
 Our cross-validation rows are scored on held-out **training** slices with the same evaluator's metrics
 (`paper_unet.metrics`, bit-compatible with the challenge's evaluator): a different data split, so the
 comparison is indicative, not a leaderboard entry. {"The test volume was not scored: test-labels.tif was not available to this run." if not test else ""}
-Submission (float32 TIFF, 1 = cell): `{Path(summary.get('submission', '')).name}` in the run directory.
+{_submission_line(summary)}
 """
     if lr_table:
         text += f"\n## Learning-rate search\n\n{lr_table}\n"

@@ -142,7 +142,7 @@ def _barrier() -> None:
 
 def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool = True,
                      progress: bool = True, command: str | None = None,
-                     only_fold: int | None = None, only_final: bool = False,
+                     only_fold: int | None = None, only_final: bool = False, cv_only: bool = False,
                      trained: str | Path | None = None, started_at: float | None = None) -> dict:
     """Cross-validation, final model, test prediction and scores; returns the summary dict.
 
@@ -154,7 +154,8 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     trains the final model and predicts the test volume alone (beside the fold processes); the
     gathering call then finds them done and takes their stage times from ``final/timings.json``.
     ``started_at`` (a ``time.time()``) records the wall time since then in the summary, for runs
-    whose stages ran in parallel processes. Under torchrun
+    whose stages ran in parallel processes. ``cv_only`` stops after the cross-validation: no final
+    model, no test-volume submission (``summary["submission"]`` is None). Under torchrun
     all processes train together and rank 0 alone predicts, scores and writes. ``trained``: a run
     directory whose fold checkpoints are predicted and scored instead of training new ones (a
     prediction-only variant, e.g. the same networks without TTA).
@@ -165,6 +166,8 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     from paper_unet.tiling import predict_stack
     from paper_unet.train import train
 
+    if cv_only and only_final:
+        raise ValueError("cv_only trains no final model: it cannot be combined with only_final")
     out = Path(out)
     main = distributed()[0] == 0
     # intensities by data.normalize: for ISBI's uint8 stacks "auto" is uint8 / 255, as always
@@ -221,6 +224,9 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     _barrier()
     if only_fold is not None:
         return summary
+    if cv_only:
+        summary.update(submission=None, test=None)
+        return _finish(summary, summary_path, timings, started, started_at) if main else summary
 
     final_dir = out / "final"
     submission = out / "submission" / "test-volume-probabilities.tif"
@@ -254,7 +260,14 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         _stage(timings, "test_evaluate", t0)
     else:
         summary["test"] = None
+    return _finish(summary, summary_path, timings, started, started_at)
+
+
+def _finish(summary: dict, summary_path: Path, timings: dict, started: float, started_at: float | None) -> dict:
+    """This invocation's time and the run's wall time into the summary, written out. Without
+    ``started_at`` the wall time of an earlier invocation (a resumed run's) no longer holds: dropped."""
     timings["total_this_invocation"] = round(time.perf_counter() - started, 1)
+    summary.pop("wall_s", None)
     if started_at is not None:
         summary["wall_s"] = round(time.time() - started_at, 1)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")

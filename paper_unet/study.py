@@ -29,7 +29,8 @@ __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_ta
            "write_ablation_report", "adopt_network"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
-# it is) in one setting; "no augmentation" keeps the random tile position (random crops of the
+# it is) in one ingredient; "padded_no_bn" is "padded_unet" less its BatchNorm, so that the two
+# differences (padding, BatchNorm) can be told apart; "no augmentation" keeps the random tile position (random crops of the
 # training slices) and removes elastic deformation, rotation, flip and gray values. "no_tta"
 # predicts the full method's own checkpoints without test-time augmentation.
 ABLATIONS = {
@@ -334,10 +335,11 @@ def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", f
                   "every variant (white = cell).\n")
     text = f"""# Ablations: what each of the paper's ingredients buys (ISBI 2012)
 
-Every variant differs from the full method in one setting (`paper_unet.study.ABLATIONS`; a test compares
-the resolved configs) and is trained with the same iterations, tile and seed on the same fold
-(held-out slices of fold {any_row.get('fold', '?')}), predicted by overlap-tile inference and scored with
-all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
+Every variant differs from the full method in one ingredient (`paper_unet.study.ABLATIONS`; a test compares
+the resolved configs; `padded_no_bn` is `padded_unet` less its BatchNorm, to tell padding and BatchNorm
+apart) and is trained with the same iterations, tile and seed on the same fold (held-out slices of fold
+{any_row.get('fold', '?')}), predicted by overlap-tile inference (the padded networks: whole slices) and
+scored with all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
 is the noise floor: a difference is listed as beyond it when it is larger than that spread.
 Data: `ablations.csv` (every row with its commit, hardware, date, training time).
 

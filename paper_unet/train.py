@@ -254,6 +254,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
     step_model = torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model
+    graphs = r.compile and r.compile_mode == "reduce-overhead"  # CUDA graphs (on a GPU)
     started = time.perf_counter()
     m = monitors
     running = torch.tensor(m["running"], dtype=torch.float64, device=device)  # summed on the device
@@ -283,6 +284,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                 group["lr"] = lr
             x, y, w = sampler.batch(range(it * o.batch_size, (it + 1) * o.batch_size))
             w = w if config.data.weight_map else None  # ablation: plain cross entropy
+            if graphs:  # a new training step: the previous step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             loss, logits = train_step(step_model, optimizer, x, y, w, bf16=r.bf16,
                                       channels_last=r.channels_last)
             running += loss.detach()

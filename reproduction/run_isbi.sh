@@ -32,6 +32,8 @@ Options:
                    at the same time, fold k on GPU k mod N and the final model on GPU (folds mod N)
                    (with --gpus 1 all on one GPU, which a single tile per step does not fill), then
                    gather, score and report
+  --cv-only        the cross-validation alone: no final model and no test-volume submission (the
+                   report says so); with --parallel-folds, one process per fold
   -h, --help       this help
 TXT
 }
@@ -39,7 +41,7 @@ TXT
 die() { echo "run_isbi.sh: error: $*" >&2; echo "Try: bash reproduction/run_isbi.sh --help" >&2; exit 2; }
 
 original_args="$*"
-profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0
+profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0 cv_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile="$2"; shift 2 ;;
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --lr-search) [ $# -ge 2 ] || die "--lr-search needs a value"; lr_search="$2"; shift 2 ;;
     --gpus) [ $# -ge 2 ] || die "--gpus needs a number"; gpus="$2"; shift 2 ;;
     --parallel-folds) parallel_folds=1; shift ;;
+    --cv-only) cv_only=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1'" ;;
   esac
@@ -93,6 +96,7 @@ args=(--profile "$profile" "${data_args[@]}" "${sets[@]}")
 [ -n "$out" ] && args+=(--out "$out")
 [ -n "$results" ] && args+=(--results "$results")
 [ -n "$lr_search" ] && args+=(--lr-search "$lr_search")
+[ "$cv_only" = 1 ] && args+=(--cv-only)
 if [ "$gpus" -gt 1 ]; then
   visible=$("$py" -c 'import torch; print(torch.cuda.device_count())')
   [ "$visible" -ge "$gpus" ] || die "--gpus $gpus asked for, but this machine has $visible CUDA GPU(s)"
@@ -106,8 +110,10 @@ if [ "$parallel_folds" = 1 ]; then
     CUDA_VISIBLE_DEVICES=$((k % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet &
     pids+=($!)
   done
-  CUDA_VISIBLE_DEVICES=$((folds % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet &
-  pids+=($!)
+  if [ "$cv_only" = 0 ]; then
+    CUDA_VISIBLE_DEVICES=$((folds % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet &
+    pids+=($!)
+  fi
   for pid in "${pids[@]}"; do wait "$pid" || die "a fold or final-model process failed (exit $?); run again to resume"; done
   CUDA_VISIBLE_DEVICES=0 "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline" --started-at "$start"
 elif [ "$gpus" -gt 1 ]; then

@@ -91,26 +91,32 @@ def test_declared_python_minimum_is_3_11():
 
 
 def test_gpu_session_sizes_the_reproduction_from_the_benchmark_and_the_time_left(tmp_path):
-    """reproduction/gpu_session.sh plan: iterations = 1.2 x the bench's full-width fp32 rate x (seconds
-    left - 150 - the learning-rate check's 2 x 4,000 steps) / 4 networks, rounded down to 1,000, capped
-    at 50,000; too little time is refused. Hand-checked: 87.1 steps/s, 1,000 s left: 1.2 x 87.1 x
-    (850 - 91.8) / 4 = 19,811 -> 19,000; with the bf16 row's 60.0 it would be 12,000."""
+    """reproduction/gpu_session.sh plan: iterations = gain x the bench's one-process full-width fp32 rate x
+    (seconds left - reserve) / networks, rounded down to 1,000, capped at 50,000; the whole run (4 networks)
+    when it reaches 50,000, else the cross-validation alone (3); CUDA graphs when the bench measured them
+    over 10 % faster (gain 1.0, reserve 270 s) instead of eager (gain 1.2, reserve 150 s); too little time
+    is refused. Hand-checked, 1,000 s left: eager 87.1 steps/s: 1.2 x 87.1 x 850 / 4 = 22,210 < 50,000, so
+    cv-only: 1.2 x 87.1 x 850 / 3 = 29,614 -> 29,000 (the bf16 row's 60.0 is not read); graphs at 140.0:
+    140 x 730 / 3 = 34,066 -> 34,000; graphs at 90.0 (< 1.1 x 87.1): eager."""
     import time
-    (tmp_path / "bench_train.log").write_text(
-        "('`cpu` network (width 16)', 572, (True, True, False), 95.0, 5.4)\n"
-        "('`paper` network (width 64)', 572, (False, False, False), 87.1, 78.6)\n"
-        "('`paper` network (width 64)', 572, (True, True, False), 60.0, 54.1)\n")
+    lines = ["('`cpu` network (width 16)', 572, (True, True, False), 95.0, 5.4)",
+             "('`paper` network (width 64)', 572, (False, False, False), 87.1, 78.6)",
+             "('`paper` network (width 64)', 572, (True, True, False), 60.0, 54.1)"]
     env = dict(os.environ, GPU_SESSION_LOG=str(tmp_path), PAPER_UNET_PYTHON=sys.executable)
 
-    def plan(seconds_left):
+    def plan(seconds_left, graphs=None):
+        graph_row = [f"('`paper` network (width 64)', 572, (False, False, 'reduce-overhead'), {graphs}, 1.0)"]
+        (tmp_path / "bench_train.log").write_text("\n".join(lines + (graph_row if graphs else [])) + "\n")
         return subprocess.run(["bash", str(REPO / "reproduction" / "gpu_session.sh"), "plan",
                                str(int(time.time()) + seconds_left)], capture_output=True, text=True, env=env,
                               timeout=60)
 
     done = plan(1000)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith("iterations 19000")
+    assert "using eager (87.1 x 1.2)" in done.stdout and done.stdout.strip().endswith("cv-only run, iterations 29000")
     assert (tmp_path / "plan.txt").read_text() == done.stdout
-    assert plan(100000).stdout.strip().endswith("iterations 50000")  # the profile's own count at most
-    short = plan(200)
+    assert plan(1000, graphs=140.0).stdout.strip().endswith("cv-only run, iterations 34000")
+    assert "using eager" in plan(1000, graphs=90.0).stdout
+    assert plan(100000).stdout.strip().endswith("full run, iterations 50000")  # the profile's own count at most
+    short = plan(150)
     assert short.returncode == 1 and "too little time left" in short.stderr

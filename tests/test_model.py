@@ -159,6 +159,19 @@ def test_padded_unet_keeps_odd_sizes_and_can_output_negative_logits():
     assert isinstance(PaddedUNet().head, nn.Conv2d)
 
 
+def test_padded_unet_without_batch_norm_is_the_same_network_less_its_batch_norm():
+    """Ablation padded_no_bn: the same convolutions, each with its bias back, and no BatchNorm."""
+    with_bn, without = PaddedUNet(features=(8, 16, 32, 64)), PaddedUNet(features=(8, 16, 32, 64), batch_norm=False)
+    convs = [[m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))] for net in (with_bn, without)]
+    assert [c.weight.shape for c in convs[0]] == [c.weight.shape for c in convs[1]]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 18  # 9 blocks x 2 convs
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
+    three_by_three = [[c for c in net if c.kernel_size == (3, 3)] for net in convs]
+    assert all(c.bias is None for c in three_by_three[0]) and all(c.bias is not None for c in three_by_three[1])
+    with torch.no_grad():
+        assert without.eval()(torch.rand(1, 1, 37, 45)).shape == (1, 2, 37, 45)
+
+
 def test_golden_output_of_a_seeded_tiny_unet():
     """Regression guard: fixed seed, fixed input, stored values (computed with torch 2.13.0 CPU)."""
     torch.manual_seed(0)

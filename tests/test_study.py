@@ -58,7 +58,7 @@ def test_each_ablation_differs_from_the_full_method_in_its_one_setting():
     full = flat(load_config("cpu"))
     expected = {"no_border_term": {"data.w0"}, "plain_cross_entropy": {"data.weight_map"},
                 "no_elastic": {"data.elastic_std"}, "no_tta": {"run.tta"}, "padded_unet": {"model.network"},
-                "no_dropout": {"model.dropout"},
+                "padded_no_bn": {"model.network", "model.padded_batch_norm"}, "no_dropout": {"model.dropout"},
                 "no_augmentation": {"data.elastic_std", "data.rotate", "data.flip", "data.gray_values"}}
     assert set(ABLATIONS) == {"full", *expected}
     assert ABLATIONS["full"] == []
@@ -100,7 +100,7 @@ def test_run_ablations_end_to_end_on_a_smoke_budget(isbi_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_rows(results / "ablations.csv")
     assert [r["name"] for r in rows] == ["full", "no_border_term", "plain_cross_entropy", "no_elastic",
-                                         "no_augmentation", "no_tta", "padded_unet", "no_dropout", "full_seed1"]
+                                         "no_augmentation", "no_tta", "padded_unet", "padded_no_bn", "no_dropout", "full_seed1"]
     assert all(r["status"] == "ok" and r["fold"] == "2" for r in rows)
     no_tta = next(r for r in rows if r["name"] == "no_tta")
     assert no_tta["train_min"] == "(= full)" and no_tta["tta"] == "False"
@@ -112,7 +112,7 @@ def test_run_ablations_end_to_end_on_a_smoke_budget(isbi_dir, tmp_path):
                            timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "no checkpoint" not in again.stderr  # nothing trained again
-    assert len(read_rows(results / "ablations.csv")) == 9
+    assert len(read_rows(results / "ablations.csv")) == 10
 
 
 def test_run_ablations_help_and_bad_variant(tmp_path):

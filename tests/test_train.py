@@ -331,11 +331,28 @@ def test_the_cpu_profiles_default_to_the_fast_path():
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_the_plain_path(tiny_data, tmp_path):
-    # without dropout: compiled code draws dropout masks with its own RNG, not eager's
-    plain = run_variant(tiny_data, tmp_path, "plain", dropout=0.0)
-    fast = run_variant(tiny_data, tmp_path, "compiled", dropout=0.0, compile=True)
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_torch_compile_matches_the_plain_path(tiny_data, tmp_path, mode):
+    # without dropout: compiled code draws dropout masks with its own RNG, not eager's. On the CPU
+    # "reduce-overhead" compiles without CUDA graphs: the training loop's code path (a new graph step per
+    # iteration); the graphs themselves are checked on a GPU below
+    plain = run_variant(tiny_data, tmp_path, "plain", dropout=0.0, device="cpu")
+    fast = run_variant(tiny_data, tmp_path, "compiled", dropout=0.0, compile=True, compile_mode=mode, device="cpu")
     np.testing.assert_allclose(losses(fast), losses(plain), rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_training_matches_eager_on_the_gpu(tiny_data, tmp_path, strict_fp32):
+    """run.compile_mode="reduce-overhead": the training step replayed as CUDA graphs gives eager's losses
+    and weights (3 steps, no dropout: compiled code draws its masks with its own RNG)."""
+    plain = run_variant(tiny_data, tmp_path, "plain", dropout=0.0, device="cuda")
+    graphs = run_variant(tiny_data, tmp_path, "graphs", dropout=0.0, compile=True, compile_mode="reduce-overhead",
+                         device="cuda")
+    np.testing.assert_allclose(losses(graphs), losses(plain), rtol=1e-4)
+    a, b = weights_of(plain / "last.pt"), weights_of(graphs / "last.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.cuda
@@ -437,3 +454,30 @@ def test_final_model_as_its_own_process_is_gathered_with_its_stage_times(isbi_di
     assert {f"fold{k}_train" for k in range(3)} <= set(summary["timings_s"])
     assert 0 < summary["wall_s"] <= time.time() - started + 1
     assert json.loads((out / "summary.json").read_text())["wall_s"] == summary["wall_s"]
+
+
+def test_cross_validation_alone_trains_no_final_model_and_its_report_says_so(isbi_dir, tmp_path):
+    """`reproduce --cv-only` (run_isbi.sh --cv-only): the folds are trained, predicted and scored, no final
+    model and no submission are made, and the report says why there is none. A later call without it
+    resumes the same run directory and adds the final model."""
+    from paper_unet.data import load_isbi2012
+    from paper_unet.report import write_report
+    from paper_unet.reproduce import run_reproduction
+
+    isbi = load_isbi2012(isbi_dir)
+    config = load_config("smoke", ["optim.iterations=2", "run.validate_every=2", "run.checkpoint_every=2"])
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="no final model"):
+        run_reproduction(config, isbi, out, progress=False, cv_only=True, only_final=True)
+    summary = run_reproduction(config, isbi, out, progress=False, cv_only=True, started_at=time.time())
+    assert summary["submission"] is None and summary["test"] is None and len(summary["folds"]) == 3
+    assert not (out / "final").exists() and not (out / "submission").exists()
+    assert json.loads((out / "summary.json").read_text())["submission"] is None
+    text = write_report(out, tmp_path / "results", isbi_dir).read_text()
+    assert "No final model and no test-volume submission" in text
+    assert "the folds trained in parallel processes" in text
+    summary = run_reproduction(config, isbi, out, progress=False)
+    assert (out / "submission" / "test-volume-probabilities.tif").is_file()
+    assert "final_train" in summary["timings_s"] and "fold0_train" in summary["timings_s"]  # folds kept
+    assert "wall_s" not in summary  # the first invocation's wall time is not this run's
+    assert "Submission (float32 TIFF" in write_report(out, tmp_path / "results", isbi_dir).read_text()

@@ -5,7 +5,8 @@ one tile per step, a real augmented ISBI tile from `TileSampler.batch` on the sa
 - the `cpu` network (width 16) at its profile tile, in every combination of bf16 autocast,
   channels_last and torch.compile (inductor; skipped with --no-compile);
 - the full-width `paper` network at 572 (a few steps): fp32 eager vs bf16 + channels_last (on CUDA
-  also with torch.compile).
+  also with torch.compile, and fp32 with torch.compile in "reduce-overhead" mode: the step replayed
+  as CUDA graphs, what `run.compile=true run.compile_mode="reduce-overhead"` trains with).
 Achieved TFLOP/s = 3 x the model's forward FLOP count (`UNet.forward_flops`, convolutions only;
 backward ~ 2 x forward) x steps/s. On CUDA also the fraction of the GPU's peak dense bf16 rate
 (--peak-tflops; default 989, the dense bf16 peak of an H100 SXM and of an H200).
@@ -41,23 +42,31 @@ def sync(device: torch.device) -> None:
 
 
 def step_rate(width: int, tile: int, images, labels, device: torch.device, *, bf16: bool,
-              channels_last: bool, compile: bool, steps: int, warmup: int) -> float:
-    """Training steps per second (after ``warmup`` steps, which include any compilation)."""
+              channels_last: bool, compile: bool | str, steps: int, warmup: int) -> float:
+    """Training steps per second (after ``warmup`` steps, which include any compilation).
+
+    ``compile``: False (eager), True (torch.compile, default mode) or a torch.compile mode."""
     config = load_config("paper", [f"model.base_channels={width}", f"data.tile={tile}"])
     torch.manual_seed(0)
     model = UNet(base_channels=width).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.99)
-    step_model = torch.compile(model) if compile else model
+    mode = compile if isinstance(compile, str) else "default"
+    step_model = torch.compile(model, mode=mode) if compile else model
+    graphs = mode == "reduce-overhead" and bool(compile)
     sampler = TileSampler(images, labels, tile=tile, length=warmup + steps, seed=0,
                           augment_config=augment_config(config), device=device)
     batches = [sampler.batch([i]) for i in range(warmup + steps)]
     for x, y, w in batches[:warmup]:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # as train.train does
         train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
     sync(device)
     start = time.perf_counter()
     for x, y, w in batches[warmup:]:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         loss, _ = train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
     float(loss.detach())  # the step is done
     sync(device)
@@ -97,8 +106,14 @@ def main() -> int:
     rows = []  # (network, tile, variant, steps/s, TFLOP/s)
 
     def measure(name, width, tile, steps, warmup, bf16, channels_last, compile):
-        rate = step_rate(width, tile, images, labels, device, bf16=bf16, channels_last=channels_last,
-                         compile=compile, steps=steps, warmup=warmup)
+        try:
+            rate = step_rate(width, tile, images, labels, device, bf16=bf16, channels_last=channels_last,
+                             compile=compile, steps=steps, warmup=warmup)
+        except Exception as error:  # a compile mode that fails here must not cost the other rows
+            if not compile:
+                raise
+            print(f"{name}, compile {compile!r}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+            return
         flops = 3 * UNet(base_channels=width).forward_flops(tile)
         rows.append((name, tile, (bf16, channels_last, compile), rate, rate * flops / 1e12))
         print(rows[-1], file=sys.stderr)
@@ -115,15 +130,16 @@ def main() -> int:
                     1, bf16, channels_last, False)
     paper_variants = [(False, False, False), (True, True, False)]
     if cuda and not args.no_compile:  # where a full-width step is cheap enough to amortise the compilation
-        paper_variants.append((True, True, True))
+        paper_variants += [(True, True, True), (False, False, "reduce-overhead")]
     for bf16, channels_last, compile in paper_variants:
         measure("`paper` network (width 64)", 64, 572, args.paper_steps * scale, 3 if compile else 1, bf16,
                 channels_last, compile)
 
     def label(variant):
         bf16, channels_last, compile = variant
+        compiled = {True: "torch.compile", "reduce-overhead": "torch.compile reduce-overhead (CUDA graphs)"}
         parts = (["bf16 autocast"] if bf16 else ["fp32"]) + (["channels_last"] if channels_last else []) + (
-            ["torch.compile"] if compile else ["eager"])
+            [compiled[compile]] if compile else ["eager"])
         return " + ".join(parts)
 
     table = ["| network | tile | variant | steps/s | s/step | achieved TFLOP/s | vs fp32 eager |"
