@@ -254,8 +254,9 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
         train_min = ", ".join(f"fold {k} {s['train_seconds'] / 60:.1f} min" for k, s in sorted(folds.items())
                               if s.get("train_seconds") is not None)
         together = "the folds and the final model" if summary.get("submission") else "the folds"
+        others = f"; other stages: {stages}" if stages else ""
         wall = (f"{summary['wall_s'] / 60:.1f} min from start to end; {together} trained in "
-                f"parallel processes (training: {train_min}; other stages: {stages})")
+                f"parallel processes (training: {train_min}{others})")
     else:
         wall = f"{sum(stage_s.values()) / 60:.1f} min in all stages ({stages})"
     m, o, d = config["model"], config["optim"], config["data"]
