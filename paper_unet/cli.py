@@ -166,8 +166,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.only_fold is not None and args.only_final:
         raise ValueError("--only-fold and --only-final are separate processes: give one of them")
-    if args.cv_only and args.only_final:
-        raise ValueError("--cv-only trains no final model: drop --only-final (or --cv-only)")
     config = _load_config(args)
     out = Path(args.out or f"runs/isbi2012_{config.name}")
     results = Path(args.results or f"results/isbi2012_{config.name}")
@@ -366,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ablations", help="what each of the paper's ingredients buys (what run_ablations.sh runs)",
         description="Train and score the full method and one variant per ingredient (no border term, plain "
                     "cross entropy, no elastic deformation, no augmentation, no TTA, the padded + BatchNorm "
-                    "network, the padded network without BatchNorm, no dropout) plus the full method with a second seed, all with the same "
-                    "iterations, tile and seed on one fold. Resumable: a finished variant is only re-read, an "
+                    "network, the padded network without BatchNorm, no dropout) plus the full method with a "
+                    "second seed, all with the same iterations, tile and seed on one fold. Resumable: a finished variant is only re-read, an "
                     "unfinished one continues from its checkpoints; rows are merged into RESULTS/ablations.csv.")
     add_config_options(ablations)
     ablations.set_defaults(profile="cpu")

@@ -167,7 +167,7 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     from paper_unet.train import train
 
     if cv_only and only_final:
-        raise ValueError("cv_only trains no final model: it cannot be combined with only_final")
+        raise ValueError("--cv-only trains no final model: it cannot be combined with --only-final")
     out = Path(out)
     main = distributed()[0] == 0
     # intensities by data.normalize: for ISBI's uint8 stacks "auto" is uint8 / 255, as always

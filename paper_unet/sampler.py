@@ -97,13 +97,13 @@ class TileSampler(Dataset):
                                               gamma=(1, 1), contrast=(1, 1), brightness=(0, 0))
         return z, draw_params(config, shape, generator)
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, indices, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Samples ``indices`` stacked on the device: (N, 1, tile, tile) images, (N, out, out) int64
-        labels and float32 weights, one augmentation pass for the batch."""
+        labels and weights, one augmentation pass for the batch in ``dtype`` (`augment_batch`)."""
         draws = [self.draw(int(i)) for i in indices]
         slices = to_device(torch.tensor([z for z, _ in draws]), self.device)
         image, label, weight = augment_batch(self.images[slices], self.labels[slices], self.weights[slices],
-                                             [p for _, p in draws], self.tile, self.out_tile)
+                                             [p for _, p in draws], self.tile, self.out_tile, dtype)
         return image[:, None], label.round().long(), weight
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,9 +30,9 @@ __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_ta
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
 # it is) in one ingredient; "padded_no_bn" is "padded_unet" less its BatchNorm, so that the two
-# differences (padding, BatchNorm) can be told apart; "no augmentation" keeps the random tile position (random crops of the
-# training slices) and removes elastic deformation, rotation, flip and gray values. "no_tta"
-# predicts the full method's own checkpoints without test-time augmentation.
+# differences (padding, BatchNorm) can be told apart; "no augmentation" keeps the random tile
+# position (random crops of the training slices) and removes elastic deformation, rotation, flip and
+# gray values. "no_tta" predicts the full method's own checkpoints without test-time augmentation.
 ABLATIONS = {
     "full": [],
     "no_border_term": ["data.w0=0.0"],  # class-balancing weights kept

@@ -184,17 +184,6 @@ def rounding_bounds(sampler: TileSampler, indices) -> dict[str, float]:
     return {"image": image, "weight": geometric["weight"]}
 
 
-def float64_batch(sampler: TileSampler, indices):
-    """The sampler's batch computed in float64 on the CPU: the reference for float32 on any device."""
-    from paper_unet.augment import augment_batch
-    draws = [sampler.draw(int(i)) for i in indices]
-    z = torch.tensor([slice_index for slice_index, _ in draws])
-    image, label, weight = augment_batch(sampler.images.cpu().double()[z], sampler.labels.cpu().double()[z],
-                                         sampler.weights.cpu().double()[z], [p for _, p in draws],
-                                         sampler.tile, sampler.out_tile, dtype=torch.float64)
-    return image[:, None], label.round().long(), weight
-
-
 def assert_within_rounding(batch, reference, bounds, share: float = 1.0, device: str = "cpu") -> None:
     """``batch`` (float32) within ``share`` of the rounding bounds of ``reference``; few labels tipped."""
     image, label, weight = (t.cpu() for t in batch)
@@ -218,12 +207,12 @@ def test_float32_augmentation_is_float64_up_to_coordinate_rounding(isbi_dir):
     labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3]
     sampler = TileSampler(images, labels, tile=572, length=4, seed=2)
     bounds = rounding_bounds(sampler, range(4))
-    assert_within_rounding(sampler.batch(range(4)), float64_batch(sampler, range(4)), bounds, share=0.5)
+    assert_within_rounding(sampler.batch(range(4)), sampler.batch(range(4), dtype=torch.float64), bounds, share=0.5)
     # the bound is tight enough to see a real error: sampling one pixel off breaks it
     shifted = TileSampler(images, labels, tile=572, length=4, seed=2)
     shifted.images = torch.roll(shifted.images, 1, dims=-1)
     with pytest.raises(AssertionError, match="image error"):
-        assert_within_rounding(shifted.batch(range(4)), float64_batch(sampler, range(4)), bounds)
+        assert_within_rounding(shifted.batch(range(4)), sampler.batch(range(4), dtype=torch.float64), bounds)
 
 
 @pytest.mark.cuda
@@ -239,7 +228,7 @@ def test_augmentation_on_the_gpu_equals_the_cpu(isbi_dir):
     cpu = TileSampler(images, labels, tile=572, length=4, seed=2)
     gpu = TileSampler(images, labels, tile=572, length=4, seed=2, device="cuda")
     bounds = rounding_bounds(cpu, range(4))
-    assert_within_rounding(gpu.batch(range(4)), float64_batch(cpu, range(4)), bounds, share=0.5, device="cuda")
+    assert_within_rounding(gpu.batch(range(4)), cpu.batch(range(4), dtype=torch.float64), bounds, share=0.5, device="cuda")
     assert_within_rounding(gpu.batch(range(4)), cpu.batch(range(4)), bounds, device="cuda vs cpu")
 
 

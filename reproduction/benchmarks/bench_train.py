@@ -54,20 +54,21 @@ def step_rate(width: int, tile: int, images, labels, device: torch.device, *, bf
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.99)
     mode = compile if isinstance(compile, str) else "default"
     step_model = torch.compile(model, mode=mode) if compile else model
-    graphs = mode == "reduce-overhead" and bool(compile)
     sampler = TileSampler(images, labels, tile=tile, length=warmup + steps, seed=0,
                           augment_config=augment_config(config), device=device)
     batches = [sampler.batch([i]) for i in range(warmup + steps)]
+
+    def step(x, y, w):
+        if compile and mode == "reduce-overhead":  # CUDA graphs: a new step, as train.train marks it
+            torch.compiler.cudagraph_mark_step_begin()
+        return train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
+
     for x, y, w in batches[:warmup]:
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # as train.train does
-        train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
+        step(x, y, w)
     sync(device)
     start = time.perf_counter()
     for x, y, w in batches[warmup:]:
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        loss, _ = train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
+        loss, _ = step(x, y, w)
     float(loss.detach())  # the step is done
     sync(device)
     return steps / (time.perf_counter() - start)
