@@ -159,7 +159,32 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_estimate(config, isbi, out: Path, cv_only: bool, parallel: int = 1) -> None:
+    """Measure a few steps of the path this machine takes; print and keep the whole run's estimate."""
+    from paper_unet.distributed import resolve_device
+    from paper_unet.estimate import estimate_run, save_estimate
+    from paper_unet.images import normalize
+
+    print("Measuring the training step on this machine for an estimate of the whole run ...", file=sys.stderr)
+    estimate = estimate_run(config, normalize(isbi.train_images, config.data.normalize), isbi.train_labels, out,
+                            device=resolve_device(config.run.device), n_test=len(isbi.test_images),
+                            score_test=isbi.test_labels is not None, cv_only=cv_only, parallel=parallel)
+    print(estimate.report(), file=sys.stderr)
+    save_estimate(estimate, out)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from paper_unet.data import load_isbi2012
+
+    config = _load_config(args)
+    _print_estimate(config, load_isbi2012(args.data_dir), Path(args.out or f"runs/isbi2012_{config.name}"),
+                    args.cv_only, args.parallel)
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
+    import os
+
     from paper_unet.data import load_isbi2012, resolve_data_dir
     from paper_unet.report import write_report
     from paper_unet.reproduce import run_reproduction
@@ -170,6 +195,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/isbi2012_{config.name}")
     results = Path(args.results or f"results/isbi2012_{config.name}")
     isbi = load_isbi2012(args.data_dir)
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1  # under torchrun, run_isbi.sh estimates beforehand
+    if not args.no_estimate and single and args.only_fold is None and not args.only_final:
+        _print_estimate(config, isbi, out, args.cv_only)
     summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
                                command=args.command_line, only_fold=args.only_fold,
                                only_final=args.only_final, cv_only=args.cv_only, started_at=args.started_at)
@@ -356,9 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--cv-only", action="store_true",
                            help="the cross-validation alone: no final model, no test-volume submission "
                                 "(the report says so)")
+    reproduce.add_argument("--no-estimate", action="store_true",
+                           help="skip the estimate of the whole run's wall time that is printed first (it "
+                                "measures a few training steps and one slice's prediction: seconds)")
     reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
     reproduce.add_argument("--started-at", type=float, help=argparse.SUPPRESS)  # time.time() of the whole run
     reproduce.set_defaults(func=_reproduce)
+
+    estimate = commands.add_parser(
+        "estimate", help="how long `reproduce` will take on this machine (measures a few steps)",
+        description="Measure a few training steps of the profile's network on the path this machine takes "
+                    "(run.bf16 / run.channels_last: auto picks per CPU class and device) and one slice's "
+                    "prediction, and project the wall time of the whole reproduction (what is left of it, "
+                    "for a run directory that already holds some). `reproduce` prints the same first.")
+    add_config_options(estimate)
+    estimate.add_argument("--out", help="run directory (default runs/isbi2012_PROFILE)")
+    estimate.add_argument("--cv-only", action="store_true", help="the cross-validation alone")
+    estimate.add_argument("--parallel", type=int, default=1, metavar="N",
+                          help="N processes will share this machine (run_isbi.sh --parallel-folds)")
+    estimate.set_defaults(func=_estimate)
 
     ablations = commands.add_parser(
         "ablations", help="what each of the paper's ingredients buys (what run_ablations.sh runs)",

@@ -71,8 +71,10 @@ class RunConfig:
     folds: int = 3  # cross-validation over contiguous blocks of the 30 training slices
     tta: bool = True  # [ours] 8 dihedral transforms at test time
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # bf16 autocast (for CUDA; also works on the CPU)
-    channels_last: bool = False
+    # the fast path (fastpath.py): "auto" takes bf16 autocast + channels_last on a CPU with native bf16
+    # (AVX512_BF16 / AMX) and fp32 NCHW elsewhere (AVX2-only CPUs, CUDA); true / false force a path
+    bf16: bool | str = "auto"
+    channels_last: bool | str = "auto"
     compile: bool = False  # torch.compile
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 
@@ -148,6 +150,10 @@ def _validate(config: Config) -> None:
         raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")
     if r.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
         raise ValueError(f"run.compile_mode must be default, reduce-overhead or max-autotune, got {r.compile_mode!r}")
+    for name in ("bf16", "channels_last"):
+        value = getattr(r, name)
+        if not (value is True or value is False or value == "auto"):
+            raise ValueError(f"run.{name} must be auto, true or false, got {value!r}")
     if r.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"run.device must be auto, cpu or cuda, got {r.device!r}")
 

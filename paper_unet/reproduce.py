@@ -48,17 +48,15 @@ def provenance(command: str | None = None) -> dict:
         except (OSError, subprocess.CalledProcessError):
             return "unknown (git failed)"
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from paper_unet.fastpath import cpu_info
+
+    cpu = cpu_info()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
         "command": command or " ".join(sys.argv), "commit": git("rev-parse", "HEAD"),
         "dirty": checkout and bool(git("status", "--porcelain", "--", "paper_unet", "reproduction")),
-        "cpu": cpu, "cpu_cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu.model, "cpu_class": cpu.cpu_class, "cpu_capability": cpu.describe(),
+        "cpu_cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": gpu, "cuda": torch.version.cuda if gpu else None, "torch": str(torch.__version__),
         "python": platform.python_version(), "platform": platform.platform(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
@@ -162,6 +160,7 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     """
     from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
     from paper_unet.distributed import distributed, resolve_device
+    from paper_unet.fastpath import resolve as resolve_fast_path
     from paper_unet.images import normalize
     from paper_unet.tiling import predict_stack
     from paper_unet.train import train
@@ -179,7 +178,11 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     device = resolve_device(config.run.device)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if resume and summary_path.is_file() else {}
-    summary.update(config=config.to_dict(), provenance=provenance(command), device=str(device))
+    fast = resolve_fast_path(config.run.bf16, config.run.channels_last, device)
+    summary.update(config=config.to_dict(), provenance=provenance(command), device=str(device),
+                   fast_path=fast.as_dict())
+    if (out / "estimate.json").is_file():  # printed before this invocation (cli: reproduce, estimate)
+        summary["estimate"] = json.loads((out / "estimate.json").read_text())
     timings = summary.setdefault("timings_s", {})
     folds = summary.setdefault("folds", {})
     started = time.perf_counter()

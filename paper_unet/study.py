@@ -162,7 +162,12 @@ def adopt_network(source: Path, fold_dir: Path, config: Config) -> bool:
 def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict,
          prov: dict) -> dict:
     o, r = config.optim, config.run
-    hardware = prov["gpu"] or f"{prov['cpu']}, {prov['torch_threads']} threads"
+    from paper_unet.distributed import resolve_device
+    from paper_unet.fastpath import resolve
+
+    path = resolve(r.bf16, r.channels_last, resolve_device(r.device)).short()
+    cpu = f"{prov['cpu']} ({prov['cpu_class']} CPU)" if "cpu_class" in prov else prov["cpu"]
+    hardware = f"{prov['gpu'] or cpu + f', {prov['torch_threads']} threads'}; {path}"
     return {"name": variant.name, "overrides": " ".join(variant.overrides), "tile": config.data.tile,
             "width": config.model.base_channels, "lr": f"{o.lr:g}", "warmup": o.warmup,
             "iterations": o.iterations, "lr_decay_at": o.lr_decay_at, "tta": r.tta, "seed": r.seed,

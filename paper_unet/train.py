@@ -17,12 +17,15 @@ Checkpoints load with ``torch.load(weights_only=True)``, so a downloaded checkpo
 
 The step is free of host synchronisation: the training tiles are augmented on the training device
 (`TileSampler.batch`), and the loss is read back only once per log interval (``run.log_every``),
-where the divergence and collapse checks run.
+where the divergence and collapse checks run. The fast path (bf16 autocast, channels_last; "auto" by
+default) is chosen for the training device by `fastpath.resolve`, printed, and recorded in
+``fast_path.json`` and in every checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 import time
@@ -39,6 +42,7 @@ from paper_unet.config import Config
 from paper_unet.checkpoint import (build_model, load_checkpoint, load_weights, model_from_checkpoint,
                                    save_checkpoint)
 from paper_unet.distributed import distributed, is_main_process, reduce_min, resolve_device
+from paper_unet.fastpath import FastPath, resolve as resolve_fast_path
 from paper_unet.loss import weighted_cross_entropy
 from paper_unet.model import UNet
 from paper_unet.sampler import TileSampler
@@ -169,6 +173,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     return loss, logits
 
 
+def _record_run(out: Path, config: Config, fast: FastPath) -> None:
+    """The resolved config (config.json) and the fast path it takes here (fast_path.json, and the log)."""
+    config.save(out / "config.json")
+    (out / "fast_path.json").write_text(json.dumps(fast.as_dict(), indent=2) + "\n")
+    print(f"{out.name}: {fast.describe()}", file=sys.stderr)
+
+
 def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
           val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
           resume: bool = False, progress: bool = True, stop_after: int | None = None,
@@ -201,11 +212,12 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     o, r = config.optim, config.run
+    fast = resolve_fast_path(r.bf16, r.channels_last, device)  # "auto": chosen for this device
     torch.manual_seed(r.seed)  # the same initial weights on every rank
     model = build_model(config).to(device)
     if world > 1:
         torch.manual_seed(r.seed + 1_000_003 * rank)  # rank-specific dropout masks
-    if r.channels_last:
+    if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay)
@@ -238,7 +250,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
         if init_from is not None:
             load_weights(model, init_from, device)
     if main:
-        config.save(out / "config.json")
+        _record_run(out, config, fast)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -273,6 +285,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
                 "rng": rng, "world_size": world, "monitors": {**m, "running": float(running)},
+                "fast_path": fast.as_dict(),
                 "seconds": seconds_before + time.perf_counter() - started,
                 "version": __version__, "torch": str(torch.__version__),
                 "init_from": str(init_from) if init_from is not None else None})
@@ -286,8 +299,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
             w = w if config.data.weight_map else None  # ablation: plain cross entropy
             if graphs:  # a new training step: the previous step's graph outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            loss, logits = train_step(step_model, optimizer, x, y, w, bf16=r.bf16,
-                                      channels_last=r.channels_last)
+            loss, logits = train_step(step_model, optimizer, x, y, w, bf16=fast.bf16,
+                                      channels_last=fast.channels_last)
             running += loss.detach()
             m["count"] += 1
             if (it + 1) % r.log_every == 0 or it + 1 == end:  # one host sync per log interval

@@ -15,9 +15,11 @@ usage() {
 Options:
   --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU: about 30 min on one H100 with
                    --parallel-folds, estimated from 19,000 iterations in 11.3 min, measured),
-                   cpu (width 16, 572 tiles; 84 min on 2 cores for everything, measured),
-                   smoke (pipeline check, < 3 min). Default: paper when a CUDA GPU is
-                   available, else cpu.
+                   cpu (width 16, 572 tiles; for everything on 2 cores: 84 min measured on a
+                   CPU with AVX512-BF16, where it trains in bf16; about AVX2_HOURS h projected on
+                   an AVX2-only CPU, where it trains in fp32), smoke (pipeline check, < 3 min).
+                   Default: paper when a CUDA GPU is available, else cpu. Before the long work
+                   the run measures a few steps and prints its estimate for this machine.
   --data-dir DIR   an existing folder for the ISBI 2012 stacks; they are downloaded into it if
                    missing (a folder that does not exist is an error, to catch typos). Default:
                    $PAPER_UNET_DATA, else $XDG_CACHE_HOME/paper_unet/isbi2012 (~/.cache/... when
@@ -76,9 +78,10 @@ if [ -z "$profile" ]; then
     profile=cpu
     cat >&2 <<'TXT'
 ========================================================================================
- No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles; 84 min on
- 2 cores for everything, measured). Its numbers are a CPU
- reproduction, NOT the paper setting.
+ No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles). On 2 cores it
+ took 84 min for everything on a CPU with AVX512-BF16 (measured) and needs about
+ AVX2_HOURS h on an AVX2-only CPU (projected); the estimate for this machine follows.
+ Its numbers are a CPU reproduction, NOT the paper setting.
  The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
 ========================================================================================
 TXT
@@ -103,8 +106,15 @@ if [ "$gpus" -gt 1 ]; then
 fi
 start=$(date +%s)
 cmdline="bash reproduction/run_isbi.sh $original_args (profile $profile)"
+folds=$("$py" -c "from paper_unet.config import load_config; print(load_config('$profile').run.folds)")
+if [ "$parallel_folds" = 1 ] || [ "$gpus" -gt 1 ]; then  # one estimate, before the processes start
+  est_args=(--profile "$profile" "${data_args[@]}" "${sets[@]}" --parallel $(( parallel_folds ? folds + 1 - cv_only : 1 )))
+  [ -n "$out" ] && est_args+=(--out "$out")
+  [ "$cv_only" = 1 ] && est_args+=(--cv-only)
+  "$py" -m paper_unet estimate "${est_args[@]}" || echo "run_isbi.sh: no estimate (see above); going on" >&2
+  args+=(--no-estimate)
+fi
 if [ "$parallel_folds" = 1 ]; then
-  folds=$("$py" -c "from paper_unet.config import load_config; print(load_config('$profile').run.folds)")
   pids=()
   for ((k = 0; k < folds; k++)); do
     CUDA_VISIBLE_DEVICES=$((k % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet &

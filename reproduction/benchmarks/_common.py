@@ -19,7 +19,7 @@ ISBI_DIR = Path(os.environ.get("PAPER_UNET_SHARED", REPO.parent / "shared")) / "
 def machine() -> str:
     p = provenance()
     gpu = f", GPU {p['gpu']}" if p["gpu"] else ", no GPU"
-    return (f"{p['cpu']}, {p['cpu_cores']} cores, torch {p['torch']} ({p['torch_threads']} threads)"
+    return (f"{p['cpu_capability']}, {p['cpu_cores']} cores, torch {p['torch']} ({p['torch_threads']} threads)"
             f"{gpu}, Python {p['python']}")
 
 

@@ -11,9 +11,19 @@ Achieved TFLOP/s = 3 x the model's forward FLOP count (`UNet.forward_flops`, con
 backward ~ 2 x forward) x steps/s. On CUDA also the fraction of the GPU's peak dense bf16 rate
 (--peak-tflops; default 989, the dense bf16 peak of an H100 SXM and of an H200).
 
-Sampler supply rate: `TileSampler.batch` samples/s on the same device, vs the fast training step.
+The row marked **auto** is the path `run.bf16 = run.channels_last = "auto"` (every profile's
+default, `paper_unet/fastpath.py`) takes on this machine. Steps are timed by `estimate.time_step`,
+the helper the run's own estimate uses.
+
+Sampler supply rate: `TileSampler.batch` samples/s on the same device, vs the training step `auto` takes.
 Inference: seconds per 512x512 ISBI slice with the full-width network, with and without TTA
 (`tiling.predict_stack`, fp32; TTA batches the 8 views of the 700 tile into one pass).
+
+The results go to a section of results/performance.md per device kind and CPU class (bf16's worth
+depends on it). An AVX2-only CPU can be seen on an AVX-512 machine by restricting both ATen and oneDNN:
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python reproduction/benchmarks/bench_train.py
+(the section title then says AVX2). On such a CPU bf16 steps take seconds each: fewer steps help,
+e.g. --steps 3 --paper-steps 1 --no-compile.
 
     python reproduction/benchmarks/bench_train.py [--device cpu|cuda] [--steps 8] [--paper-steps 3]
 """
@@ -30,10 +40,11 @@ import torch
 
 from _common import ISBI_DIR, publish
 from paper_unet.config import load_config
+from paper_unet.estimate import time_step
+from paper_unet.fastpath import resolve
 from paper_unet.model import UNet
 from paper_unet.sampler import TileSampler
 from paper_unet.tiling import predict_stack
-from paper_unet.train import augment_config, train_step
 
 
 def sync(device: torch.device) -> None:
@@ -43,35 +54,13 @@ def sync(device: torch.device) -> None:
 
 def step_rate(width: int, tile: int, images, labels, device: torch.device, *, bf16: bool,
               channels_last: bool, compile: bool | str, steps: int, warmup: int) -> float:
-    """Training steps per second (after ``warmup`` steps, which include any compilation).
+    """Training steps per second (after ``warmup`` steps, which include any compilation), timed by
+    the package's own helper (`estimate.time_step`, which the run's estimate and the tests use).
 
     ``compile``: False (eager), True (torch.compile, default mode) or a torch.compile mode."""
-    config = load_config("paper", [f"model.base_channels={width}", f"data.tile={tile}"])
-    torch.manual_seed(0)
-    model = UNet(base_channels=width).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.99)
-    mode = compile if isinstance(compile, str) else "default"
-    step_model = torch.compile(model, mode=mode) if compile else model
-    sampler = TileSampler(images, labels, tile=tile, length=warmup + steps, seed=0,
-                          augment_config=augment_config(config), device=device)
-    batches = [sampler.batch([i]) for i in range(warmup + steps)]
-
-    def step(x, y, w):
-        if compile and mode == "reduce-overhead":  # CUDA graphs: a new step, as train.train marks it
-            torch.compiler.cudagraph_mark_step_begin()
-        return train_step(step_model, optimizer, x, y, w, bf16=bf16, channels_last=channels_last)
-
-    for x, y, w in batches[:warmup]:
-        step(x, y, w)
-    sync(device)
-    start = time.perf_counter()
-    for x, y, w in batches[warmup:]:
-        loss, _ = step(x, y, w)
-    float(loss.detach())  # the step is done
-    sync(device)
-    return steps / (time.perf_counter() - start)
+    config = load_config("paper", [f"model.base_channels={width}", f"data.tile={tile}", "optim.lr=1e-4"])
+    return 1.0 / time_step(config, images, labels, device, bf16=bf16, channels_last=channels_last,
+                           steps=steps, warmup=warmup, compile=compile)
 
 
 def sampler_rate(tile: int, images, labels, device: torch.device, n: int) -> float:
@@ -136,12 +125,15 @@ def main() -> int:
         measure("`paper` network (width 64)", 64, 572, args.paper_steps * scale, 3 if compile else 1, bf16,
                 channels_last, compile)
 
+    auto = resolve("auto", "auto", device)  # the path a run with the profiles' default takes here
+    picked = (auto.bf16, auto.channels_last, False)
+
     def label(variant):
         bf16, channels_last, compile = variant
         compiled = {True: "torch.compile", "reduce-overhead": "torch.compile reduce-overhead (CUDA graphs)"}
         parts = (["bf16 autocast"] if bf16 else ["fp32"]) + (["channels_last"] if channels_last else []) + (
             [compiled[compile]] if compile else ["eager"])
-        return " + ".join(parts)
+        return " + ".join(parts) + (" (**auto**)" if variant == picked else "")
 
     table = ["| network | tile | variant | steps/s | s/step | achieved TFLOP/s | vs fp32 eager |"
              + (" % of bf16 peak |" if cuda else ""), "|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
@@ -150,12 +142,16 @@ def main() -> int:
         baseline.setdefault(name, rate)
         table.append(f"| {name} | {tile} | {label(variant)} | {rate:.2f} | {1 / rate:.3f} | {tflops:.3f} | "
                      f"{rate / baseline[name]:.2f}x |" + (f" {100 * tflops / args.peak_tflops:.1f} % |" if cuda else ""))
-    fast_cpu = next(rate for name, tile, v, rate, _ in rows
-                    if name.startswith("`cpu`") and tile == cpu_tile and v == (True, True, False))
+    def rate_of(network, variant, tile=None):
+        return next(rate for name, t, v, rate, _ in rows
+                    if name.startswith(network) and v == variant and (tile is None or t == tile))
+
+    bf16_cl_cpu = rate_of("`cpu`", (True, True, False), cpu_tile)
+    fast_cpu = rate_of("`cpu`", picked, cpu_tile)  # what training runs with here
     at_572 = [rate for name, tile, v, rate, _ in rows if name.startswith("`cpu`") and tile == 572]
 
     supply = {tile: sampler_rate(tile, images, labels, device, 30 * scale) for tile in sorted({cpu_tile, 572})}
-    fast_paper = next(rate for name, _, v, rate, _ in rows if name.startswith("`paper`") and v == (True, True, False))
+    fast_paper = rate_of("`paper`", picked)
 
     torch.manual_seed(0)
     model = UNet().to(device).eval()
@@ -171,16 +167,20 @@ def main() -> int:
 
     body = "\n".join(table) + f"""
 
-**`cpu` network at its profile tile ({cpu_tile}), bf16 autocast + channels_last vs fp32 eager:
-{fast_cpu / rows[0][3]:.2f}x** (target >= 1.8x), the `cpu` profile's default""" + (
-        f"; at the paper's 572 tile: {at_572[1] / at_572[0]:.2f}x" if len(at_572) == 2 else "") + f""". Each row: {args.steps * scale} timed steps for the `cpu` network,
+**What `auto` takes here** (`run.bf16` / `run.channels_last` = "auto", every profile's default;
+`paper_unet/fastpath.py`): {auto.describe()}.
+The `cpu` network at its profile tile ({cpu_tile}) on that path: **{fast_cpu / rows[0][3]:.2f}x fp32 eager**
+(target: >= 1.8x on a CPU with native bf16; elsewhere no slower than fp32, within noise).
+bf16 autocast + channels_last vs fp32 eager: {bf16_cl_cpu / rows[0][3]:.2f}x""" + (
+        f"; at the paper's 572 tile: {at_572[1] / at_572[0]:.2f}x" if len(at_572) == 2 else "") + f""".
+CPU: {auto.cpu.describe() if auto.cpu else "(a GPU run)"}. Each row: {args.steps * scale} timed steps for the `cpu` network,
 {args.paper_steps * scale} for the full width, after warm-up (compile variants: 3 warm-up steps, which
 include the compilation); random init, seed 0, one real augmented ISBI tile per step; device {device}.
 
 Sampler supply rate (`TileSampler.batch`, full augmentation, one tile per call, on {device}):
 """ + "\n".join(f"- {tile}-px tiles: {rate:.1f} samples/s" for tile, rate in supply.items()) + f"""
 
-against the fast training step: {supply[cpu_tile] / fast_cpu:.1f}x the `cpu` network's step rate at {cpu_tile},
+against the training step `auto` takes: {supply[cpu_tile] / fast_cpu:.1f}x the `cpu` network's step rate at {cpu_tile},
 {supply[572] / fast_paper:.1f}x the full-width step rate at 572 (target >= 3x: the sampler is never the bottleneck).
 
 Inference, full-width network, fp32, one 700x700 tile per 512x512 ISBI test slice (mean of {len(slices)} slices):
@@ -188,7 +188,9 @@ Inference, full-width network, fp32, one 700x700 tile per 512x512 ISBI test slic
 - with TTA (8 dihedral views in one batch): {inference[True]:.2f} s per slice ({inference[True] / inference[False]:.1f}x)
 """
     # one section per kind of device, so that the CPU and the GPU figures stand side by side
-    title = "Training step, sampler and inference speed (bench_train.py" + (", CUDA GPU)" if cuda else ")")
+    # and one per CPU class: bf16's worth depends on it (AVX512-BF16 vs AVX2 only)
+    title = "Training step, sampler and inference speed (bench_train.py" + (
+        ", CUDA GPU)" if cuda else f", {auto.cpu.cpu_class} CPU)")
     publish(title, body, write=not args.no_write)
     return 0
 
