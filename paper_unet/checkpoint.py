@@ -2,12 +2,14 @@
 
 A checkpoint holds the network's weights, the optimiser, every rank's RNG state, the loss
 monitors, the resolved config and, after training with validation data, the mask threshold.
-Nothing is lost: a checkpoint is written to a temporary file, fsynced and renamed over the old one,
-and loaded with ``torch.load(weights_only=True)``, so a downloaded checkpoint cannot run code.
+Nothing is lost: a checkpoint is written to a temporary file, fsynced and renamed over the old one
+(the training's ``last.pt`` keeps the one it replaced as ``last.prev.pt``), and loaded with
+``torch.load(weights_only=True)``, so a downloaded checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import torch
 from paper_unet.config import Config, config_from_dict
 from paper_unet.model import PaddedUNet, UNet
 
-__all__ = ["build_model", "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint"]
+__all__ = ["build_model", "save_checkpoint", "previous_path", "load_checkpoint", "load_weights",
+           "model_from_checkpoint"]
 
 
 def build_model(config: Config) -> UNet | PaddedUNet:
@@ -32,15 +35,54 @@ def build_model(config: Config) -> UNet | PaddedUNet:
     return UNet(m.in_channels, m.num_classes, m.base_channels, m.depth, m.dropout, m.variant)
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over the target."""
+def previous_path(path: str | Path) -> Path:
+    """Where `save_checkpoint(..., keep_previous=True)` keeps the checkpoint it replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | Path, state: dict, keep_previous: bool = False) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, rename over the target, fsync the
+    folder (so the rename itself survives a power cut).
+
+    ``keep_previous``: the checkpoint being replaced stays as `previous_path` (``last.prev.pt``), a
+    fallback should the new one ever not load; ``path`` itself exists at every moment. A write that
+    fails (a full disk) removes its temporary file and leaves the previous checkpoint as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous and path.is_file():
+            kept = previous_path(path)
+            link = kept.with_name(f".{kept.name}.tmp{os.getpid()}")
+            link.unlink(missing_ok=True)
+            os.link(path, link)  # a second name for the current file: no copy, and path stays in place
+            os.replace(link, kept)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            why = " (the disk is full)" if error.errno == errno.ENOSPC else ""
+            raise OSError(error.errno, f"could not write checkpoint {path}{why}: {error.strerror or error}; "
+                                       f"the previous checkpoint is unchanged") from error
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory handles
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -96,10 +96,13 @@ def _train(args: argparse.Namespace) -> int:
             train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
             images, labels, val_images, val_labels = (images[train_idx], isbi.train_labels[train_idx],
                                                       images[val_idx], isbi.train_labels[val_idx])
+    if args.from_previous and not args.resume:
+        raise ValueError("--from-previous goes with --resume (it picks the checkpoint a resumed run starts from)")
     if args.init_from and not Path(args.init_from).is_file():
         raise FileNotFoundError(f"--init-from checkpoint {args.init_from} not found")
     result = train(config, images, labels, args.out, val_images=val_images, val_labels=val_labels,
-                   resume=args.resume, progress=not args.quiet, init_from=args.init_from)
+                   resume=args.resume, progress=not args.quiet, init_from=args.init_from,
+                   from_previous=args.from_previous)
     print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; last loss "
           f"{result.last_loss:.4f}; checkpoints in {result.out_dir}")
     if val_images is not None and result.iterations == config.optim.iterations:
@@ -159,32 +162,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_estimate(config, isbi, out: Path, cv_only: bool, parallel: int = 1) -> None:
-    """Measure a few steps of the path this machine takes; print and keep the whole run's estimate."""
-    from paper_unet.distributed import resolve_device
-    from paper_unet.estimate import estimate_run, save_estimate
-    from paper_unet.images import normalize
-
-    print("Measuring the training step on this machine for an estimate of the whole run ...", file=sys.stderr)
-    estimate = estimate_run(config, normalize(isbi.train_images, config.data.normalize), isbi.train_labels, out,
-                            device=resolve_device(config.run.device), n_test=len(isbi.test_images),
-                            score_test=isbi.test_labels is not None, cv_only=cv_only, parallel=parallel)
-    print(estimate.report(), file=sys.stderr)
-    save_estimate(estimate, out)
-
-
 def _estimate(args: argparse.Namespace) -> int:
     from paper_unet.data import load_isbi2012
+    from paper_unet.estimate import announce
+    from paper_unet.runlock import hold
 
     config = _load_config(args)
-    _print_estimate(config, load_isbi2012(args.data_dir), Path(args.out or f"runs/isbi2012_{config.name}"),
-                    args.cv_only, args.parallel)
+    out = Path(args.out or f"runs/isbi2012_{config.name}")
+    with hold(out):  # it writes out/estimate.json: not into a folder that a run is using
+        announce(config, load_isbi2012(args.data_dir), out, cv_only=args.cv_only, parallel=args.parallel)
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    import os
-
     from paper_unet.data import load_isbi2012, resolve_data_dir
     from paper_unet.report import write_report
     from paper_unet.reproduce import run_reproduction
@@ -195,12 +185,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/isbi2012_{config.name}")
     results = Path(args.results or f"results/isbi2012_{config.name}")
     isbi = load_isbi2012(args.data_dir)
-    single = int(os.environ.get("WORLD_SIZE", "1")) == 1  # under torchrun, run_isbi.sh estimates beforehand
-    if not args.no_estimate and single and args.only_fold is None and not args.only_final:
-        _print_estimate(config, isbi, out, args.cv_only)
     summary = run_reproduction(config, isbi, out, resume=not args.restart, progress=not args.quiet,
                                command=args.command_line, only_fold=args.only_fold,
-                               only_final=args.only_final, cv_only=args.cv_only, started_at=args.started_at)
+                               only_final=args.only_final, cv_only=args.cv_only, started_at=args.started_at,
+                               from_previous=args.from_previous, estimate=not args.no_estimate)
     from paper_unet.distributed import is_main_process
 
     if args.only_fold is not None or args.only_final or not is_main_process():
@@ -337,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "percentile for float data. Stored in the checkpoint for predict")
     train.add_argument("--init-from", metavar="CHECKPOINT",
                        help="fine-tune: start from this checkpoint's weights (same network width and depth)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUT/last.pt (after a crash, a kill or a clean stop on SIGTERM/Ctrl-C)")
+    train.add_argument("--from-previous", action="store_true",
+                       help="with --resume: start from OUT/last.prev.pt, the checkpoint before last.pt (for a "
+                            "last.pt that does not load; the steps since then are trained again)")
     train.set_defaults(func=_train)
 
     predict = commands.add_parser(
@@ -375,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--results", help="results directory (default results/isbi2012_PROFILE)")
     reproduce.add_argument("--lr-search", help="run directory of reproduction/tune_lr.py to report")
     reproduce.add_argument("--restart", action="store_true", help="ignore finished stages and checkpoints")
+    reproduce.add_argument("--from-previous", action="store_true",
+                           help="resume each unfinished training from its last.prev.pt, the checkpoint before "
+                                "last.pt (for a last.pt that does not load)")
     reproduce.add_argument("--only-fold", type=int, metavar="K",
                            help="run cross-validation fold K alone (one process per GPU); a later "
                                 "call without it gathers the folds, trains the final model, reports")
@@ -458,10 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from paper_unet.stop import StopRequested
+
     try:
         return args.func(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError, RuntimeError,
-            ConnectionError) as error:
+    except StopRequested as stopped:  # a clean stop on SIGTERM / SIGINT: everything done is saved
+        print(f"paper-unet {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    except (OSError, ValueError, TypeError, RuntimeError) as error:  # OSError: files, disk, network
         print(f"paper-unet {args.command}: error: {error}", file=sys.stderr)
         return 2
 

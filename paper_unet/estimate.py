@@ -24,7 +24,7 @@ from scipy.ndimage import gaussian_filter
 from paper_unet.config import Config
 from paper_unet.fastpath import FastPath, resolve
 
-__all__ = ["time_step", "time_prediction", "Estimate", "estimate_run", "save_estimate"]
+__all__ = ["time_step", "time_prediction", "Estimate", "estimate_run", "announce", "save_estimate"]
 
 LONG_S = 2 * 3600  # an estimate above this gets a hint
 
@@ -252,6 +252,23 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
         parts["scores"] += n_test * score_s if score_test else 0.0
     return Estimate(sum(parts.values()), step_s, predict_s, predict_final_s, score_s, timings["setup_s"],
                     networks, path, device.type, parallel, parts, time.perf_counter() - started)
+
+
+def announce(config: Config, isbi, out: str | Path, *, cv_only: bool = False, parallel: int = 1) -> Estimate:
+    """Measure, print (stderr) and keep (``out/estimate.json``) the estimate of a reproduction of
+    ``isbi`` (an `ISBI2012`) into ``out``: what `reproduce` and `run_isbi.sh` show first."""
+    import sys
+
+    from paper_unet.distributed import resolve_device
+    from paper_unet.images import normalize
+
+    print("Measuring the training step on this machine for an estimate of the whole run ...", file=sys.stderr)
+    estimate = estimate_run(config, normalize(isbi.train_images, config.data.normalize), isbi.train_labels, out,
+                            device=resolve_device(config.run.device), n_test=len(isbi.test_images),
+                            score_test=isbi.test_labels is not None, cv_only=cv_only, parallel=parallel)
+    print(estimate.report(), file=sys.stderr)
+    save_estimate(estimate, out)
+    return estimate
 
 
 def save_estimate(estimate: Estimate, out: str | Path) -> None:

@@ -6,9 +6,9 @@ training step runs, and that depends on the hardware. Measured with `bench_train
 
 - a CPU with native bf16 matrix instructions (AVX512_BF16; AMX has them too): bf16 autocast +
   channels_last ran 1.86x the steps/s of fp32 (2.34x for the full-width network);
-- a CPU with AVX2 only (no AVX-512): bf16 autocast ran about 17-20x *slower* than fp32 (oneDNN has
-  no bf16 convolution kernels there, so they fall back to slow generic code), and channels_last in
-  fp32 0.8x;
+- a CPU with AVX2 only (no AVX-512): bf16 autocast + channels_last ran 16-22x *slower* than fp32
+  (oneDNN has no bf16 convolution kernels there, so they fall back to slow generic code), and
+  channels_last in fp32 0.8-0.97x;
 - CUDA (one H100): bf16 + channels_last 0.97x (full width) and 0.82x (width 16): one 572 tile per
   step is launch-bound, so fp32 (PyTorch's default: TF32 convolutions) costs nothing.
 
@@ -121,8 +121,8 @@ def decide(device_type: str, cpu: CpuInfo | None = None) -> tuple[bool, bool, st
     if cpu.aten.upper().startswith("AVX512"):
         return False, False, (f"{cpu.cpu_class} CPU: fp32, since bf16 is fast only with AVX512_BF16 or AMX, "
                               f"and this class is not measured")
-    return False, False, (f"{cpu.cpu_class} CPU, no native bf16: bf16 autocast ran 17-20x slower than fp32 "
-                          f"and channels_last 0.8x on such a CPU")
+    return False, False, (f"{cpu.cpu_class} CPU, no native bf16: bf16 autocast + channels_last ran 16-22x slower "
+                          f"than fp32 on such a CPU, channels_last alone 0.8-0.97x")
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,6 @@ def resolve(bf16: bool | str, channels_last: bool | str, device: torch.device | 
         forced = [name for name, asked in (("bf16", bf16), ("channels_last", channels_last)) if asked != AUTO]
         why = f"{' and '.join(forced)} set in the config; auto would be: {why}"
         if used_bf16 and device_type == "cpu" and not cpu.native_bf16:
-            why += "; WARNING: bf16 autocast on a CPU without native bf16 is about 17-20x slower than fp32"
+            why += "; WARNING: bf16 autocast on a CPU without native bf16 is 16-25x slower than fp32"
     return FastPath(used_bf16, used_cl, bf16, channels_last, why, device_type,
                     cpu if device_type == "cpu" else None)

@@ -23,10 +23,13 @@ import torch
 
 from paper_unet.config import Config
 from paper_unet.data import ISBI2012, cv_folds
+from paper_unet.runlock import hold
+from paper_unet.stop import StopFlag, graceful_stop
 
 __all__ = ["run_reproduction", "tune_learning_rate", "provenance"]
 
 REPO = Path(__file__).resolve().parents[1]
+AGAIN = "run the same command again to go on from there"
 
 
 def provenance(command: str | None = None) -> dict:
@@ -141,7 +144,8 @@ def _barrier() -> None:
 def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool = True,
                      progress: bool = True, command: str | None = None,
                      only_fold: int | None = None, only_final: bool = False, cv_only: bool = False,
-                     trained: str | Path | None = None, started_at: float | None = None) -> dict:
+                     trained: str | Path | None = None, started_at: float | None = None,
+                     from_previous: bool = False, estimate: bool = False) -> dict:
     """Cross-validation, final model, test prediction and scores; returns the summary dict.
 
     Resumable: a finished stage (its metrics file exists) is skipped, an unfinished training
@@ -157,7 +161,34 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     all processes train together and rank 0 alone predicts, scores and writes. ``trained``: a run
     directory whose fold checkpoints are predicted and scored instead of training new ones (a
     prediction-only variant, e.g. the same networks without TTA).
+
+    One run per folder (`runlock`): a whole run holds ``out``; an ``only_fold`` / ``only_final``
+    process shares ``out`` with its siblings and holds its own stage's folder. SIGTERM or SIGINT
+    (`stop`) stops the run cleanly: a training in progress checkpoints the iteration it reached, a
+    stage in progress finishes, then `StopRequested` is raised; the same call again goes on from there.
+    ``from_previous``: a training resumes from its ``last.prev.pt`` (see `train.train`).
+    ``estimate``: first measure a few steps and print the whole run's estimate (`estimate.announce`;
+    a whole run in one process only: run_isbi.sh estimates before it starts parallel processes).
     """
+    from paper_unet.distributed import distributed
+
+    whole = only_fold is None and not only_final
+    stage = out if whole else Path(out) / (f"fold{only_fold}" if only_fold is not None else "final")
+    main = distributed()[0] == 0
+    with hold(out, enabled=main, shared=not whole), hold(stage, enabled=main), graceful_stop() as stop:
+        if estimate and whole and distributed()[1] == 1:
+            from paper_unet.estimate import announce
+
+            announce(config, isbi, out, cv_only=cv_only)
+        return _run_reproduction(config, isbi, out, resume=resume, progress=progress, command=command,
+                                 only_fold=only_fold, only_final=only_final, cv_only=cv_only, trained=trained,
+                                 started_at=started_at, from_previous=from_previous, stop=stop)
+
+
+def _run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume: bool, progress: bool,
+                      command: str | None, only_fold: int | None, only_final: bool, cv_only: bool,
+                      trained: str | Path | None, started_at: float | None, from_previous: bool,
+                      stop: StopFlag) -> dict:
     from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
     from paper_unet.distributed import distributed, resolve_device
     from paper_unet.fastpath import resolve as resolve_fast_path
@@ -195,6 +226,7 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         if resume and (fold_dir / "metrics.json").is_file():
             folds[str(k)] = json.loads((fold_dir / "metrics.json").read_text())
             continue
+        stop.check(f"the stages before fold {k} are done and saved in {out}; {AGAIN}")
         t0 = time.perf_counter()
         checkpoint = (Path(trained) / f"fold{k}" / "last.pt") if trained else fold_dir / "last.pt"
         if trained:
@@ -204,7 +236,7 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         else:
             result = train(config, train_images[train_idx], isbi.train_labels[train_idx], fold_dir,
                            val_images=train_images[val_idx], val_labels=isbi.train_labels[val_idx],
-                           resume=resume, progress=progress)
+                           resume=resume, progress=progress, from_previous=from_previous)
             iterations, train_seconds = result.iterations, result.seconds
             _stage(timings, f"fold{k}_train", t0)
         if not main:
@@ -239,12 +271,15 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     elif resume and submission.is_file() and final_timings.is_file():
         timings.update(json.loads(final_timings.read_text()))
     if not submission.is_file() or not resume:
+        stop.check(f"the cross-validation is done and saved in {out}; {AGAIN}")
         t0 = time.perf_counter()
-        train(config, train_images, isbi.train_labels, final_dir, resume=resume, progress=progress)
+        train(config, train_images, isbi.train_labels, final_dir, resume=resume, progress=progress,
+              from_previous=from_previous)
         _stage(timings, "final_train", t0)
     if not main:
         return summary
     if not submission.is_file() or not resume:
+        stop.check(f"the final model is trained and saved in {final_dir}; {AGAIN}")
         t0 = time.perf_counter()
         model, _ = model_from_checkpoint(final_dir / "last.pt", device)
         probabilities = predict_stack(model, test_images, tta=config.run.tta, device=device,

@@ -167,7 +167,8 @@ def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict,
 
     path = resolve(r.bf16, r.channels_last, resolve_device(r.device)).short()
     cpu = f"{prov['cpu']} ({prov['cpu_class']} CPU)" if "cpu_class" in prov else prov["cpu"]
-    hardware = f"{prov['gpu'] or cpu + f', {prov['torch_threads']} threads'}; {path}"
+    threads = prov["torch_threads"]
+    hardware = f"{prov['gpu'] or f'{cpu}, {threads} threads'}; {path}"
     return {"name": variant.name, "overrides": " ".join(variant.overrides), "tile": config.data.tile,
             "width": config.model.base_channels, "lr": f"{o.lr:g}", "warmup": o.warmup,
             "iterations": o.iterations, "lr_decay_at": o.lr_decay_at, "tta": r.tta, "seed": r.seed,

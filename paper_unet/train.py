@@ -40,12 +40,14 @@ from paper_unet import __version__
 from paper_unet.augment import AugmentConfig
 from paper_unet.config import Config
 from paper_unet.checkpoint import (build_model, load_checkpoint, load_weights, model_from_checkpoint,
-                                   save_checkpoint)
+                                   previous_path, save_checkpoint)
 from paper_unet.distributed import distributed, is_main_process, reduce_min, resolve_device
 from paper_unet.fastpath import FastPath, resolve as resolve_fast_path
 from paper_unet.loss import weighted_cross_entropy
 from paper_unet.model import UNet
+from paper_unet.runlock import hold
 from paper_unet.sampler import TileSampler
+from paper_unet.stop import StopFlag, graceful_stop
 from paper_unet.tiling import predict_stack
 
 # the checkpoint and distributed names are re-exported here for code that imported them from train
@@ -183,7 +185,7 @@ def _record_run(out: Path, config: Config, fast: FastPath) -> None:
 def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
           val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
           resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          init_from: str | Path | None = None) -> TrainResult:
+          init_from: str | Path | None = None, from_previous: bool = False) -> TrainResult:
     """Train a UNet on (images, labels) stacks; write logs and checkpoints to ``out_dir``.
 
     Images are uint8 (divided by 255) or float in [0, 1]; labels 0 = membrane, > 0 = cell.
@@ -193,11 +195,50 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     ends the run after that iteration (as if killed right after a checkpoint there). Under
     ``torchrun`` the processes train one model together (see `distributed`); only rank 0 logs,
     validates and writes checkpoints, and every rank resumes from them.
+
+    One run per folder: ``out_dir`` is locked for the run (`runlock`; a second process on it stops
+    at once). SIGTERM or SIGINT (`stop`): the current step finishes, a checkpoint of the iteration
+    reached is written and `StopRequested` is raised; ``resume`` then continues exactly.
+    ``from_previous`` resumes from ``last.prev.pt`` (the checkpoint before ``last.pt``), for a
+    ``last.pt`` that does not load.
     """
+    with hold(out_dir, enabled=distributed()[0] == 0), graceful_stop() as stop:
+        return _train(config, images, labels, Path(out_dir), val_images=val_images, val_labels=val_labels,
+                      resume=resume, progress=progress, stop_after=stop_after, init_from=init_from,
+                      from_previous=from_previous, stop=stop)
+
+
+def _resume_state(last: Path, device: torch.device, from_previous: bool) -> dict:
+    """The checkpoint a resumed run starts from; a ``last.pt`` that does not load names the fallback."""
+    previous = previous_path(last)
+    if from_previous:
+        if not previous.is_file():
+            raise FileNotFoundError(f"no previous checkpoint {previous} to resume from")
+        return load_checkpoint(previous, device)
+    try:
+        return load_checkpoint(last, device)
+    except ValueError as error:
+        if not previous.is_file():
+            raise
+        raise ValueError(f"{error}. The checkpoint before it is kept as {previous}: resume from it with "
+                         f"--from-previous (train: --resume --from-previous; it repeats the steps since then), "
+                         f"or delete {last.parent} to start afresh") from error
+
+
+def _stop_now(stop: StopFlag, world: int, logged: bool, device: torch.device) -> bool:
+    """Whether to stop after this step: a signal in this process, or under DDP on any rank (decided
+    collectively at log intervals, where the ranks already synchronise, so all stop together)."""
+    if world == 1:
+        return stop.requested
+    return logged and reduce_min(0.0 if stop.requested else 1.0, device) == 0.0
+
+
+def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *, val_images, val_labels,
+           resume: bool, progress: bool, stop_after: int | None, init_from, from_previous: bool,
+           stop: StopFlag) -> TrainResult:
     import torch.distributed as dist
     from tqdm import tqdm
 
-    out = Path(out_dir)
     rank, world, local_rank = distributed()
     main = rank == 0
     if main:
@@ -227,8 +268,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     monitors = {"running": 0.0, "count": 0, "start_loss": None, "smoothed": None, "flat": 0,
                 "last_loss": math.nan}
     last = out / "last.pt"
-    if resume and last.is_file():
-        state = load_checkpoint(last, device)
+    if resume and (last.is_file() or from_previous):
+        state = _resume_state(last, device, from_previous)
         if state["config"] != config.to_dict():
             raise ValueError(f"{last} was written with a different configuration; resume with the "
                              f"same profile and overrides, or use a new --out directory")
@@ -288,7 +329,7 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                 "fast_path": fast.as_dict(),
                 "seconds": seconds_before + time.perf_counter() - started,
                 "version": __version__, "torch": str(torch.__version__),
-                "init_from": str(init_from) if init_from is not None else None})
+                "init_from": str(init_from) if init_from is not None else None}, keep_previous=path == last)
 
     try:
         for it in bar:
@@ -303,7 +344,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                                       channels_last=fast.channels_last)
             running += loss.detach()
             m["count"] += 1
-            if (it + 1) % r.log_every == 0 or it + 1 == end:  # one host sync per log interval
+            logged = (it + 1) % r.log_every == 0 or it + 1 == end
+            if logged:  # one host sync per log interval
                 if world > 1:
                     dist.all_reduce(running)
                     running /= world
@@ -335,8 +377,14 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
                     best = scores["rand_error"]
                     checkpoint(out / "best.pt", it + 1, gather=False)  # rank 0 only: no collective
                 model.train()
-            if (it + 1) % r.checkpoint_every == 0 or it + 1 == o.iterations:
+            saved = (it + 1) % r.checkpoint_every == 0 or it + 1 == o.iterations
+            if saved:
                 checkpoint(last, it + 1)
+            if it + 1 < end and _stop_now(stop, world, logged, device):  # a signal: save, then stop
+                if not saved:
+                    checkpoint(last, it + 1)
+                stop.check(f"checkpoint {last} holds iteration {it + 1} of {o.iterations}; run the same command "
+                           f"again to resume (paper-unet train: with --resume)")
     finally:
         bar.close()
         if main:

@@ -16,7 +16,7 @@ Options:
   --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU: about 30 min on one H100 with
                    --parallel-folds, estimated from 19,000 iterations in 11.3 min, measured),
                    cpu (width 16, 572 tiles; for everything on 2 cores: 84 min measured on a
-                   CPU with AVX512-BF16, where it trains in bf16; about AVX2_HOURS h projected on
+                   CPU with AVX512-BF16, where it trains in bf16; about 6-7.5 h projected on
                    an AVX2-only CPU, where it trains in fp32), smoke (pipeline check, < 3 min).
                    Default: paper when a CUDA GPU is available, else cpu. Before the long work
                    the run measures a few steps and prints its estimate for this machine.
@@ -36,6 +36,13 @@ Options:
                    gather, score and report
   --cv-only        the cross-validation alone: no final model and no test-volume submission (the
                    report says so); with --parallel-folds, one process per fold
+  --from-previous  resume each unfinished training from its last.prev.pt (the checkpoint before
+                   last.pt), for a last.pt that does not load
+
+Interruptions: Ctrl-C or SIGTERM (a cluster's preemption, docker stop) stops cleanly: each training
+finishes its step and writes a checkpoint, and the script exits with 128 + the signal's number (130,
+143); a second signal stops at once. The same command again resumes. One run per --out folder: a
+second run on a folder in use stops at once and names the process that holds it.
   -h, --help       this help
 TXT
 }
@@ -43,7 +50,7 @@ TXT
 die() { echo "run_isbi.sh: error: $*" >&2; echo "Try: bash reproduction/run_isbi.sh --help" >&2; exit 2; }
 
 original_args="$*"
-profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0 cv_only=0
+profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0 cv_only=0 from_previous=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile="$2"; shift 2 ;;
@@ -55,6 +62,7 @@ while [ $# -gt 0 ]; do
     --gpus) [ $# -ge 2 ] || die "--gpus needs a number"; gpus="$2"; shift 2 ;;
     --parallel-folds) parallel_folds=1; shift ;;
     --cv-only) cv_only=1; shift ;;
+    --from-previous) from_previous=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1'" ;;
   esac
@@ -80,7 +88,7 @@ if [ -z "$profile" ]; then
 ========================================================================================
  No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles). On 2 cores it
  took 84 min for everything on a CPU with AVX512-BF16 (measured) and needs about
- AVX2_HOURS h on an AVX2-only CPU (projected); the estimate for this machine follows.
+ 6-7.5 h on an AVX2-only CPU (projected); the estimate for this machine follows.
  Its numbers are a CPU reproduction, NOT the paper setting.
  The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
 ========================================================================================
@@ -100,6 +108,7 @@ args=(--profile "$profile" "${data_args[@]}" "${sets[@]}")
 [ -n "$results" ] && args+=(--results "$results")
 [ -n "$lr_search" ] && args+=(--lr-search "$lr_search")
 [ "$cv_only" = 1 ] && args+=(--cv-only)
+[ "$from_previous" = 1 ] && args+=(--from-previous)
 if [ "$gpus" -gt 1 ]; then
   visible=$("$py" -c 'import torch; print(torch.cuda.device_count())')
   [ "$visible" -ge "$gpus" ] || die "--gpus $gpus asked for, but this machine has $visible CUDA GPU(s)"
@@ -114,22 +123,50 @@ if [ "$parallel_folds" = 1 ] || [ "$gpus" -gt 1 ]; then  # one estimate, before 
   "$py" -m paper_unet estimate "${est_args[@]}" || echo "run_isbi.sh: no estimate (see above); going on" >&2
   args+=(--no-estimate)
 fi
+# Interruptions: SIGTERM (a cluster's preemption, `docker stop`) and SIGINT (Ctrl-C) are passed on, once, to
+# the training processes, which finish their step, checkpoint and exit 128 + the signal; this script then
+# exits with that status. Job control (set -m) puts each child in its own process group, so a Ctrl-C
+# reaches it only through us (not twice: a second signal ends a process at once).
+set -m
+children=()
+forward() { local pid; for pid in "${children[@]}"; do kill -s "$1" "$pid" 2>/dev/null || true; done; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+child() { "$@" & children+=($!); }  # start a process in the background; its PID is $!
+wait_child() {  # wait for one, through forwarded signals (they interrupt `wait`); its exit status
+  local status
+  while :; do
+    wait "$1" && status=0 || status=$?
+    kill -0 "$1" 2>/dev/null || return "$status"
+  done
+}
+failed() {  # a child's non-zero exit status: a clean stop on a signal, or a failure
+  { [ "$1" = 130 ] || [ "$1" = 143 ]; } && {
+    echo "run_isbi.sh: stopped cleanly (exit $1): what was done is saved; run the same command again to resume" >&2
+    exit "$1"; }
+  die "$2 failed (exit $1); run the same command again to resume"
+}
 if [ "$parallel_folds" = 1 ]; then
   pids=()
   for ((k = 0; k < folds; k++)); do
-    CUDA_VISIBLE_DEVICES=$((k % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet &
+    CUDA_VISIBLE_DEVICES=$((k % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet
     pids+=($!)
   done
   if [ "$cv_only" = 0 ]; then
-    CUDA_VISIBLE_DEVICES=$((folds % gpus)) "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet &
+    CUDA_VISIBLE_DEVICES=$((folds % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet
     pids+=($!)
   fi
-  for pid in "${pids[@]}"; do wait "$pid" || die "a fold or final-model process failed (exit $?); run again to resume"; done
-  CUDA_VISIBLE_DEVICES=0 "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline" --started-at "$start"
+  worst=0  # wait for all of them (after a signal each saves its own state), then report
+  for pid in "${pids[@]}"; do wait_child "$pid" || { status=$?; [ "$worst" != 0 ] || worst=$status; }; done
+  [ "$worst" = 0 ] || failed "$worst" "a fold or final-model process"
+  CUDA_VISIBLE_DEVICES=0 child "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline" --started-at "$start"
+  wait_child $! || failed $? "gathering and reporting"
 elif [ "$gpus" -gt 1 ]; then
-  "$py" -m torch.distributed.run --standalone --nproc_per_node="$gpus" -m paper_unet reproduce "${args[@]}" \
+  child "$py" -m torch.distributed.run --standalone --nproc_per_node="$gpus" -m paper_unet reproduce "${args[@]}" \
     --command-line "$cmdline"
+  wait_child $! || failed $? "the data-parallel reproduction"
 else
-  "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline"
+  child "$py" -m paper_unet reproduce "${args[@]}" --command-line "$cmdline"
+  wait_child $! || failed $? "the reproduction"
 fi
 echo "run_isbi.sh: finished in $(( $(date +%s) - start )) s" >&2
