@@ -313,7 +313,8 @@ Data: `cv_folds.csv`; every threshold of every fold: `per_threshold.csv`, `figur
 
 The paper's rows are the challenge's **test-set** leaderboard (6 March 2015, scored by the organisers).
 Our cross-validation rows are scored on held-out **training** slices with the same evaluator's metrics
-(`paper_unet.metrics`, bit-compatible with the challenge's evaluator): a different data split, so the
+(`paper_unet.metrics`, which reproduces the evaluator's printed values to 1e-12 at the optima and 1e-9 at
+every threshold): a different data split, so the
 comparison is indicative, not a leaderboard entry. {"The test volume was not scored: test-labels.tif was not available to this run." if not test else ""}
 {_submission_line(summary)}
 """

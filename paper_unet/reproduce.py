@@ -172,6 +172,8 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
     """
     from paper_unet.distributed import distributed
 
+    if cv_only and only_final:
+        raise ValueError("--cv-only trains no final model: it cannot be combined with --only-final")
     whole = only_fold is None and not only_final
     stage = out if whole else Path(out) / (f"fold{only_fold}" if only_fold is not None else "final")
     main = distributed()[0] == 0
@@ -196,8 +198,6 @@ def _run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume
     from paper_unet.tiling import predict_stack
     from paper_unet.train import train
 
-    if cv_only and only_final:
-        raise ValueError("--cv-only trains no final model: it cannot be combined with --only-final")
     out = Path(out)
     main = distributed()[0] == 0
     # intensities by data.normalize: for ISBI's uint8 stacks "auto" is uint8 / 255, as always

@@ -124,22 +124,34 @@ def test_a_second_training_on_the_same_folder_is_refused_and_the_first_is_unharm
 
 # --- a clean stop on SIGTERM / SIGINT --------------------------------------------------------------
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_the_step_reached_and_resume_equals_an_uninterrupted_run(isbi_dir, tmp_path, signum):
-    """Dropout on, a checkpoint period longer than the run: the only checkpoint before the end is
-    the one the signal makes, at whatever step it arrives."""
-    extra = ["--set", "optim.iterations=300", "--set", "run.checkpoint_every=1000", "--set", "run.log_every=2"]
-    subprocess.run(train_command(isbi_dir, tmp_path / "full", *extra), check=True, capture_output=True)
-    victim = subprocess.Popen(train_command(isbi_dir, tmp_path / "stopped", *extra), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: logged_rows(tmp_path / "stopped") > 0, process=victim)
+EXTRA = ["--set", "optim.iterations=300", "--set", "run.checkpoint_every=1000", "--set", "run.log_every=2"]
+
+
+def stop_a_training(isbi_dir, out: Path, signum: int) -> int:
+    """Start a real training, send ``signum`` once it logs; check the clean stop; the step it reached."""
+    victim = subprocess.Popen(train_command(isbi_dir, out, *EXTRA), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    wait_for(lambda: logged_rows(out) > 0, process=victim)
     victim.send_signal(signum)
     _, stderr = victim.communicate(timeout=120)
     assert victim.returncode == 128 + signum, stderr
-    reached = load_checkpoint(tmp_path / "stopped" / "last.pt")["iteration"]
+    reached = load_checkpoint(out / "last.pt")["iteration"]
     assert 0 < reached < 300
     assert f"stopped by {signal.Signals(signum).name}" in stderr and f"iteration {reached} of 300" in stderr
     assert "--resume" in stderr
+    return reached
+
+
+def test_ctrl_c_checkpoints_the_step_reached_and_exits_130(isbi_dir, tmp_path):
+    stop_a_training(isbi_dir, tmp_path / "stopped", signal.SIGINT)
+
+
+def test_sigterm_checkpoints_the_step_reached_and_resume_equals_an_uninterrupted_run(isbi_dir, tmp_path):
+    """Dropout on, a checkpoint period longer than the run: the only checkpoint before the end is
+    the one the signal makes, at whatever step it arrives."""
+    extra = EXTRA
+    subprocess.run(train_command(isbi_dir, tmp_path / "full", *extra), check=True, capture_output=True)
+    stop_a_training(isbi_dir, tmp_path / "stopped", signal.SIGTERM)
     done = subprocess.run(train_command(isbi_dir, tmp_path / "stopped", *extra, "--resume"), capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr

@@ -467,6 +467,7 @@ def test_cross_validation_alone_trains_no_final_model_and_its_report_says_so(isb
     assert summary["submission"] is None and summary["test"] is None and len(summary["folds"]) == 3
     assert not (out / "final").exists() and not (out / "submission").exists()
     assert json.loads((out / "summary.json").read_text())["submission"] is None
+    assert_fold_alone_equals_fold_in_sequence(config, isbi, out, tmp_path / "alone", fold=1)
     text = write_report(out, tmp_path / "results", isbi_dir).read_text()
     assert "No final model and no test-volume submission" in text
     assert "the folds trained in parallel processes" in text
@@ -475,3 +476,21 @@ def test_cross_validation_alone_trains_no_final_model_and_its_report_says_so(isb
     assert "final_train" in summary["timings_s"] and "fold0_train" in summary["timings_s"]  # folds kept
     assert "wall_s" not in summary  # the first invocation's wall time is not this run's
     assert "Submission (float32 TIFF" in write_report(out, tmp_path / "results", isbi_dir).read_text()
+
+
+def assert_fold_alone_equals_fold_in_sequence(config, isbi, sequential, alone, fold):
+    """run_isbi.sh --parallel-folds runs `reproduce --only-fold K` per fold: the CPU equivalent of its
+    claim that each fold trains exactly as in a sequential run (same logs, weights and scores)."""
+    from paper_unet.reproduce import run_reproduction
+
+    run_reproduction(config, isbi, alone, progress=False, only_fold=fold)
+    a, b = sequential / f"fold{fold}", alone / f"fold{fold}"
+    full, own = weights_of(a / "last.pt"), weights_of(b / "last.pt")
+    assert all(torch.equal(full[k], own[k]) for k in full)
+    for log in ("train_log.csv", "val_log.csv"):  # every column but the wall-clock seconds
+        rows = [[r.split(",")[:-1] for r in (d / log).read_text().splitlines()] for d in (a, b)]
+        assert rows[0] == rows[1], log
+    scores = [json.loads((d / "metrics.json").read_text()) for d in (a, b)]
+    assert {k: v for k, v in scores[0].items() if k not in ("train_seconds", "checkpoint")} == \
+        {k: v for k, v in scores[1].items() if k not in ("train_seconds", "checkpoint")}
+
