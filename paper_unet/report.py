@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -10,22 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from paper_unet.config import Config, load_config
+from paper_unet.tables import (METRICS, PAPER_TABLE1, PER_THRESHOLD, fmt as _fmt, read_csv, study_section,
+                               write_csv)
 
 __all__ = ["write_report", "write_lr_check", "PAPER_TABLE1", "prediction_method", "single_tile"]
-
-# Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
-PAPER_TABLE1 = [
-    ("-", "human values", 0.000005, 0.0021, 0.0010),
-    (1, "u-net (paper)", 0.000353, 0.0382, 0.0611),
-    (2, "DIVE-SCI", 0.000355, 0.0305, 0.0584),
-    (3, "IDSIA (Ciresan et al.)", 0.000420, 0.0504, 0.0613),
-    (4, "DIVE", 0.000430, 0.0545, 0.0582),
-    (10, "IDSIA-SCI", 0.000653, 0.0189, 0.1027),
-]
-METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
-PER_THRESHOLD = {"pixel_error": "pixel_fscore_per_threshold", "rand_error": "rand_fscore_per_threshold",
-                 "warping_error": "warping_error_per_threshold",
-                 "vrand_thinned": "vrand_thinned_per_threshold", "vinfo_thinned": "vinfo_thinned_per_threshold"}
 
 
 def prediction_method(config: dict) -> str:
@@ -38,34 +25,6 @@ def single_tile(config: dict, slice_size: int = 512) -> int:
     from paper_unet.tiling import valid_input_size
 
     return valid_input_size(slice_size, config["model"]["depth"])
-
-
-def _fmt(value: float | None, digits: int = 6) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def read_csv(path: Path) -> list[dict]:
-    """Rows of a CSV file as dicts; no file, no rows."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
-    """Write rows (columns: ``fieldnames``, else the first row's keys) through a temporary file and
-    a rename; without rows and fieldnames nothing is written."""
-    if not rows and fieldnames is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames or list(rows[0]), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> list[str]:
@@ -322,8 +281,6 @@ comparison is indicative, not a leaderboard entry. {"The test volume was not sco
         text += f"\n## Learning-rate search\n\n{lr_table}\n"
     study = results / "budget_study.csv"  # reproduction/budget_study.py merges its rows there
     if study.is_file():
-        from paper_unet.study import study_section
-
         notes = results / "budget_study_notes.md"
         text += "\n" + study_section(study, notes.read_text() if notes.is_file() else "")
     text += "\n## Figures\n\n" + "\n".join(f"![{Path(f).stem}]({f})" for f in made) + "\n"

@@ -22,7 +22,8 @@ import numpy as np
 
 from paper_unet.config import Config, load_config
 from paper_unet.data import ISBI2012, cv_folds
-from paper_unet.report import read_csv, write_csv
+from paper_unet.tables import (METRICS, PAPER_TABLE1, markdown_table, put_section, read_rows,
+                               study_section, write_csv)
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
            "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "ablation_variants", "touching_cells_window",
@@ -95,7 +96,6 @@ def _save_crop(path: Path, array: np.ndarray) -> None:
     Image.fromarray(np.clip(np.rint(np.asarray(array, np.float64) * 255), 0, 255).astype(np.uint8)).save(path)
 
 
-METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
 STUDY_FIELDS = ["name", "overrides", "tile", "width", "lr", "warmup", "iterations", "lr_decay_at", "tta",
                 "seed", "fold", "status", "train_min", "predict_min", *METRICS, "commit", "hardware", "date_utc"]
 
@@ -118,7 +118,6 @@ def parse_variant(text: str) -> Variant:
     return Variant(parts[0], parts[1:])
 
 
-read_rows = read_csv  # the study's rows, as the report reads them
 
 
 ADOPTED = ("best.pt", "train_log.csv", "val_log.csv", "last.pt")  # last.pt last: it marks a finished copy
@@ -246,52 +245,6 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The study's rows as a Markdown table (the results READMEs show it)."""
-    lines = ["| variant | overrides | tile | width | lr | warm-up | iterations | train (min) | warping | Rand | pixel "
-             "| V_rand | V_info | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def num(value: str, digits: int) -> str:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return "-"
-        return "-" if math.isnan(number) else f"{number:.{digits}f}"
-
-    for r in rows:
-        status = r["status"] if r["status"] == "ok" else r["status"].split(";")[0]
-        lines.append(f"| {r['name']} | `{r['overrides'] or '-'}` | {r['tile']} | {r['width']} | {r['lr']} | "
-                     f"{r['warmup']} | {r['iterations']} | {r['train_min']} | {num(r['warping_error'], 6)} | "
-                     f"{num(r['rand_error'], 4)} | {num(r['pixel_error'], 4)} | {num(r['vrand_thinned'], 4)} | "
-                     f"{num(r['vinfo_thinned'], 4)} | {status} |")
-    return "\n".join(lines)
-
-
-def study_section(csv_path: Path, notes: str = "") -> str:
-    """The "## Budget study" section of a results README, from the study's CSV (and notes beside it)."""
-    rows = read_rows(csv_path)
-    return ("## Budget study\n\nCandidate settings, each trained and scored on one fold "
-            f"(`{csv_path.name}` has every row with its commit, hardware and date; "
-            "`reproduction/budget_study.py`):\n\n" + markdown_table(rows) + "\n" + (f"\n{notes.strip()}\n" if notes else ""))
-
-
-def put_section(readme: Path, section: str, before: str = "## Figures") -> None:
-    """Replace the README's section with the same ``## `` title, or insert it before ``before``
-    (at the end when that heading is absent)."""
-    import re
-
-    title = section.splitlines()[0]
-    text = readme.read_text() if readme.is_file() else ""
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text)
-    elif f"\n{before}\n" in text:
-        text = text.replace(f"\n{before}\n", f"\n{section.rstrip()}\n\n{before}\n", 1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    readme.write_text(text.rstrip() + "\n")
-
-
 WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 = 0 (class-balancing weights kept)",
         "plain_cross_entropy": "no weight map: plain cross entropy", "no_elastic": "no elastic deformation",
         "no_augmentation": "no elastic deformation, rotation, flip or gray values (random crops kept)",
@@ -307,7 +260,6 @@ def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", f
     to the full method, whether that exceeds the seed-to-seed spread of the full method, the paper's
     Table 1 row beside them, provenance, and the figure of the kept slice crops."""
     from paper_unet.plots import plot_variant_crops
-    from paper_unet.report import PAPER_TABLE1
 
     rows = {r["name"]: r for r in read_rows(csv_path)}
     results.mkdir(parents=True, exist_ok=True)
