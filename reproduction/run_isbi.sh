@@ -125,14 +125,13 @@ if [ "$parallel_folds" = 1 ] || [ "$gpus" -gt 1 ]; then  # one estimate, before 
 fi
 # Interruptions: SIGTERM (a cluster's preemption, `docker stop`) and SIGINT (Ctrl-C) are passed on, once, to
 # the training processes, which finish their step, checkpoint and exit 128 + the signal; this script then
-# exits with that status. Job control (set -m) puts each child in its own process group, so a Ctrl-C
-# reaches it only through us (not twice: a second signal ends a process at once).
-set -m
+# exits with that status. Job control (set -m, only while starting one) puts each child in its own process
+# group, so a Ctrl-C reaches it only through us (not twice: a second signal ends a process at once).
 children=()
 forward() { local pid; for pid in "${children[@]}"; do kill -s "$1" "$pid" 2>/dev/null || true; done; }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
-child() { "$@" & children+=($!); }  # start a process in the background; its PID is $!
+child() { set -m; "$@" & set +m; children+=($!); }  # start a process in the background; its PID is $!
 wait_child() {  # wait for one, through forwarded signals (they interrupt `wait`); its exit status
   local status
   while :; do
