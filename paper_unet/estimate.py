@@ -11,7 +11,6 @@ answer is hours.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -184,17 +183,15 @@ def _duration(seconds: float, precise: bool = False) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _steps_done(run_dir: Path, checkpoint_every: int, iterations: int) -> int:
-    """Training steps a resumed run will not repeat: up to its last checkpoint (0 for a new run)."""
+def _steps_done(run_dir: Path, iterations: int) -> int:
+    """Training steps a resumed run will not repeat: its last checkpoint's iteration (0 for a new run,
+    or for a checkpoint that does not load)."""
     if (run_dir / "metrics.json").is_file():
         return iterations
-    log = run_dir / "train_log.csv"
-    if not (run_dir / "last.pt").is_file() or not log.is_file():
+    try:  # memory-mapped: the full-width checkpoint's 370 MB are not read for one number
+        return int(torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True, mmap=True)["iteration"])
+    except Exception:
         return 0
-    with open(log, newline="") as handle:
-        logged = [int(row["iteration"]) for row in csv.DictReader(handle)]
-    done = max(logged, default=0)
-    return iterations if done >= iterations else done // checkpoint_every * checkpoint_every
 
 
 def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndarray, out: str | Path, *,
@@ -231,7 +228,7 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
     networks = {}
     parts = {"set-up": 0.0, "training": 0.0, "validation": 0.0, "prediction": 0.0, "scores": 0.0}
     for k, (_, val_idx) in enumerate(folds):
-        left = o.iterations - _steps_done(out / f"fold{k}", r.checkpoint_every, o.iterations)
+        left = o.iterations - _steps_done(out / f"fold{k}", o.iterations)
         if not left and (out / f"fold{k}" / "metrics.json").is_file():
             continue
         networks[f"fold {k}"] = left
@@ -244,7 +241,7 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
         parts["scores"] += len(val_idx) * score_s
     submission = out / "submission" / "test-volume-probabilities.tif"
     if not cv_only and not submission.is_file():
-        left = o.iterations - _steps_done(out / "final", r.checkpoint_every, o.iterations)
+        left = o.iterations - _steps_done(out / "final", o.iterations)
         networks["final"] = left
         parts["set-up"] += timings["setup_s"] if left else 0.0
         parts["training"] += left * step_s

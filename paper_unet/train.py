@@ -225,6 +225,24 @@ def _resume_state(last: Path, device: torch.device, from_previous: bool) -> dict
                          f"or delete {last.parent} to start afresh") from error
 
 
+def _stop_checks(m: dict, last_loss: float, logits: torch.Tensor, world: int, o, iteration: int) -> None:
+    """The checks at the end of a log interval (``m``: the monitors, updated): raise `TrainingDiverged`
+    for a non-finite loss, a smoothed loss above ``divergence_factor`` x its start, or a constant
+    output for ``collapse_patience`` intervals in a row (decided collectively under DDP)."""
+    if not math.isfinite(last_loss):
+        raise TrainingDiverged(f"loss became {last_loss} at iteration {iteration}; lower "
+                               f"optim.lr (now {o.lr:g}) and start again")
+    m["start_loss"] = last_loss if m["start_loss"] is None else m["start_loss"]
+    m["smoothed"] = last_loss if m["smoothed"] is None else 0.9 * m["smoothed"] + 0.1 * last_loss
+    if m["smoothed"] > o.divergence_factor * m["start_loss"]:
+        raise TrainingDiverged(f"loss diverged: {m['smoothed']:.4g} at iteration {iteration} vs "
+                               f"{m['start_loss']:.4g} at the start; lower optim.lr (now {o.lr:g})")
+    m["flat"] = m["flat"] + 1 if collective_spread(logits, world) < 1e-6 else 0
+    if o.collapse_patience and m["flat"] >= o.collapse_patience:
+        raise TrainingDiverged(f"the network collapsed to a constant output (dead ReLUs) by "
+                               f"iteration {iteration}; lower optim.lr (now {o.lr:g}) and start again")
+
+
 def _stop_now(stop: StopFlag, world: int, logged: bool, device: torch.device) -> bool:
     """Whether to stop after this step: a signal in this process, or under DDP on any rank (decided
     collectively at log intervals, where the ranks already synchronise, so all stop together)."""
@@ -352,18 +370,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
                 last_loss = m["last_loss"] = running.item() / m["count"]
                 running.zero_()
                 m["count"] = 0
-                if not math.isfinite(last_loss):
-                    raise TrainingDiverged(f"loss became {last_loss} at iteration {it + 1}; lower "
-                                           f"optim.lr (now {o.lr:g}) and start again")
-                m["start_loss"] = last_loss if m["start_loss"] is None else m["start_loss"]
-                m["smoothed"] = last_loss if m["smoothed"] is None else 0.9 * m["smoothed"] + 0.1 * last_loss
-                if m["smoothed"] > o.divergence_factor * m["start_loss"]:
-                    raise TrainingDiverged(f"loss diverged: {m['smoothed']:.4g} at iteration {it + 1} vs "
-                                           f"{m['start_loss']:.4g} at the start; lower optim.lr (now {o.lr:g})")
-                m["flat"] = m["flat"] + 1 if collective_spread(logits, world) < 1e-6 else 0
-                if o.collapse_patience and m["flat"] >= o.collapse_patience:
-                    raise TrainingDiverged(f"the network collapsed to a constant output (dead ReLUs) by "
-                                           f"iteration {it + 1}; lower optim.lr (now {o.lr:g}) and start again")
+                _stop_checks(m, last_loss, logits, world, o, it + 1)
                 if main:
                     log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
                                "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})

@@ -185,13 +185,16 @@ def test_the_estimate_adds_up_what_is_left_of_the_run(isbi_dir, tmp_path):
     assert e.seconds == pytest.approx(sum(e.parts.values()))
     assert "whole run: about" in e.report() and e.path.describe() in e.report()
 
-    # a resumed run: fold 0 done, fold 1 checkpointed at 3 (logged to 5), the submission written
+    # a resumed run: fold 0 done, fold 1 checkpointed at 3 (e.g. stopped by a signal), fold 2's checkpoint
+    # unreadable (trained again from the start), the submission written
+    from paper_unet.checkpoint import save_checkpoint
     run = tmp_path / "run"
     (run / "fold0").mkdir(parents=True)
     (run / "fold0" / "metrics.json").write_text("{}")
     (run / "fold1").mkdir()
-    (run / "fold1" / "last.pt").write_bytes(b"")
-    (run / "fold1" / "train_log.csv").write_text("iteration,loss,lr,seconds\n2,0.7,0.001,1\n4,0.6,0.001,2\n5,0.6,0.001,3\n")
+    save_checkpoint(run / "fold1" / "last.pt", {"iteration": 3, "model": {"w": torch.zeros(2)}})
+    (run / "fold2").mkdir()
+    (run / "fold2" / "last.pt").write_bytes(b"not a checkpoint")
     (run / "submission").mkdir()
     (run / "submission" / "test-volume-probabilities.tif").write_bytes(b"")
     e = estimate_run(config, images.astype(np.float32) / 255, labels, run, device="cpu", cv_only=False)
