@@ -132,16 +132,24 @@ def _isbi_train(isbi_dir):
 
 def test_auto_never_picks_a_path_measured_slower_than_fp32_here(isbi_dir):
     """A decision test: the `cpu` profile's network and tile, timed by the helper the estimate and
-    bench_train.py use. Where auto is fp32 this compares fp32 with itself; where it is bf16 +
-    channels_last (native bf16), that path must be at least as fast (1.86x measured)."""
+    bench_train.py use. Where auto is fp32 itself (an AVX2 CPU) nothing is to compare; where it is
+    bf16 + channels_last (native bf16, 1.86x measured) that path must be at least as fast. Each path is
+    timed three times, alternating, and the fastest of each is compared (two-step timings on a shared
+    2-core machine vary by 30 %)."""
     config = load_config("cpu")
-    images, labels = _isbi_train(isbi_dir)
     path = resolve(config.run.bf16, config.run.channels_last, "cpu")
-    fp32 = time_step(config, images[:4], labels[:4], "cpu", bf16=False, channels_last=False, steps=2)
-    auto = time_step(config, images[:4], labels[:4], "cpu", bf16=path.bf16, channels_last=path.channels_last,
-                     steps=2)
-    print(f"{path.describe()}: {auto:.3f} s/step vs fp32 {fp32:.3f} s/step")
-    assert auto <= 1.3 * fp32, path.describe()  # 1.3: run-to-run noise of two-step timings on 2 cores
+    if (path.bf16, path.channels_last) == (False, False):
+        assert not cpu_info().native_bf16, path.describe()
+        return
+    images, labels = _isbi_train(isbi_dir)
+    times = {"fp32": [], "auto": []}
+    for _ in range(3):
+        times["fp32"].append(time_step(config, images[:4], labels[:4], "cpu", bf16=False, channels_last=False,
+                                       steps=2))
+        times["auto"].append(time_step(config, images[:4], labels[:4], "cpu", bf16=path.bf16,
+                                       channels_last=path.channels_last, steps=2))
+    print(f"{path.describe()}: {times}")
+    assert min(times["auto"]) <= 1.1 * min(times["fp32"]), path.describe()
 
 
 @pytest.mark.slow
@@ -150,7 +158,8 @@ def test_auto_picks_the_fastest_of_the_four_cpu_paths_here(isbi_dir):
     config = load_config("cpu")
     images, labels = _isbi_train(isbi_dir)
     path = resolve("auto", "auto", "cpu")
-    times = {(b, c): time_step(config, images[:4], labels[:4], "cpu", bf16=b, channels_last=c, steps=2)
+    times = {(b, c): min(time_step(config, images[:4], labels[:4], "cpu", bf16=b, channels_last=c, steps=2)
+                         for _ in range(2))
              for b in (False, True) for c in (False, True)}
     print(path.describe(), times)
     assert times[(path.bf16, path.channels_last)] <= 1.2 * min(times.values())

@@ -110,21 +110,23 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
 
 def test_a_second_training_on_the_same_folder_is_refused_and_the_first_is_unharmed(isbi_dir, tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen(train_command(isbi_dir, out, "--set", "optim.iterations=300", "--set",
-                                           "run.checkpoint_every=300"),
+    # 2,000 smoke steps (about 15 s): the second process starts (imports, data) well before the first ends
+    first = subprocess.Popen(train_command(isbi_dir, out, "--set", "optim.iterations=2000", "--set",
+                                           "run.checkpoint_every=2000"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: logged_rows(out) > 0, process=first)
-    second = subprocess.run(train_command(isbi_dir, out, "--set", "optim.iterations=300", "--resume"),
+    second = subprocess.run(train_command(isbi_dir, out, "--set", "optim.iterations=2000", "--resume"),
                             capture_output=True, text=True, timeout=120)
     assert second.returncode == 2
     assert f"in use by another run (PID {first.pid})" in second.stderr
     assert first.wait(timeout=300) == 0, first.stderr.read()
-    assert load_checkpoint(out / "last.pt")["iteration"] == 300
+    assert load_checkpoint(out / "last.pt")["iteration"] == 2000
 
 
 # --- a clean stop on SIGTERM / SIGINT --------------------------------------------------------------
 
-EXTRA = ["--set", "optim.iterations=300", "--set", "run.checkpoint_every=1000", "--set", "run.log_every=2"]
+STEPS = 600  # about 4 s of smoke training: time enough for the signal to land before the end
+EXTRA = ["--set", f"optim.iterations={STEPS}", "--set", "run.checkpoint_every=1000", "--set", "run.log_every=2"]
 
 
 def stop_a_training(isbi_dir, out: Path, signum: int) -> int:
@@ -136,8 +138,8 @@ def stop_a_training(isbi_dir, out: Path, signum: int) -> int:
     _, stderr = victim.communicate(timeout=120)
     assert victim.returncode == 128 + signum, stderr
     reached = load_checkpoint(out / "last.pt")["iteration"]
-    assert 0 < reached < 300
-    assert f"stopped by {signal.Signals(signum).name}" in stderr and f"iteration {reached} of 300" in stderr
+    assert 0 < reached < STEPS
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and f"iteration {reached} of {STEPS}" in stderr
     assert "--resume" in stderr
     return reached
 
