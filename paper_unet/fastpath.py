@@ -7,7 +7,7 @@ training step runs, and that depends on the hardware. Measured with `bench_train
 - a CPU with native bf16 matrix instructions (AVX512_BF16; AMX has them too): bf16 autocast +
   channels_last ran 1.86x the steps/s of fp32 (2.34x for the full-width network);
 - a CPU with AVX2 only (no AVX-512): bf16 autocast + channels_last ran 16-22x *slower* than fp32
-  (oneDNN has no bf16 convolution kernels there, so they fall back to slow generic code), and
+  (most likely because oneDNN has no bf16 convolution kernels for AVX2 and falls back to generic code), and
   channels_last in fp32 0.8-0.97x;
 - CUDA (one H100): bf16 + channels_last 0.97x (full width) and 0.82x (width 16): one 572 tile per
   step is launch-bound, so fp32 (PyTorch's default: TF32 convolutions) costs nothing.
