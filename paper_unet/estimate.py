@@ -46,8 +46,7 @@ def time_step(config: Config, images: np.ndarray, labels: np.ndarray, device: to
     (its weight maps), which every training run pays once.
     """
     from paper_unet.checkpoint import build_model
-    from paper_unet.sampler import TileSampler
-    from paper_unet.train import augment_config, train_step
+    from paper_unet.train import train_step, training_sampler
 
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -59,10 +58,7 @@ def time_step(config: Config, images: np.ndarray, labels: np.ndarray, device: to
         optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum)
         mode = compile if isinstance(compile, str) else "default"
         step_model = torch.compile(model, mode=mode) if compile else model
-        sampler = TileSampler(images, labels, tile=config.data.tile, depth=config.model.depth,
-                              length=warmup + steps, seed=config.run.seed, augment_config=augment_config(config),
-                              w0=config.data.w0, sigma=config.data.sigma, device=device,
-                              out_tile=config.data.tile if config.model.network == "padded" else None)
+        sampler = training_sampler(config, images, labels, device, warmup + steps)
         if timings is not None:
             timings["setup_s"] = time.perf_counter() - setup
         batches = [sampler.batch([i]) for i in range(warmup + steps)]
@@ -202,8 +198,8 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
     Measures the training step of the path this machine takes (`fastpath.resolve`) in a few steps
     (about ``budget_s`` seconds of timed steps after one warm-up), and one slice's prediction
     without and (when ``run.tta``) with TTA, and the metrics on one slice (its labels blurred by 2 px,
-    standing in for a trained network's output). ``parallel``: processes that will share this machine (their work is
-    summed: an upper bound for the wall time).
+    standing in for a trained network's output). ``parallel``: processes that will share this machine
+    (their work is summed: an upper bound for the wall time).
     """
     from paper_unet import metrics
     from paper_unet.data import cv_folds
@@ -234,7 +230,8 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
         networks[f"fold {k}"] = left
         parts["set-up"] += timings["setup_s"] if left else 0.0
         done = o.iterations - left
-        validations = o.iterations // r.validate_every - done // r.validate_every + (o.iterations % r.validate_every > 0)
+        validations = (o.iterations // r.validate_every - done // r.validate_every
+                       + (o.iterations % r.validate_every > 0))  # every validate_every, and at the end
         parts["training"] += left * step_s
         parts["validation"] += validations * len(val_idx) * predict_s
         parts["prediction"] += len(val_idx) * predict_final_s

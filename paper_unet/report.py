@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from paper_unet.config import Config, load_config
-from paper_unet.tables import (METRICS, PAPER_TABLE1, PER_THRESHOLD, fmt as _fmt, read_csv, study_section,
+from paper_unet.tables import (METRICS, PAPER_TABLE1, PER_THRESHOLD, fmt, read_csv, study_section,
                                write_csv)
 
 __all__ = ["write_report", "write_lr_check", "PAPER_TABLE1", "prediction_method", "single_tile"]
@@ -108,8 +108,8 @@ def _lr_table(run: Path) -> str:
              "|---|---|---|---|---|---|"]
     for row in data["rows"]:
         status = row["status"] if row["status"] == "ok" else row["status"].split(":")[0]
-        lines.append(f"| {row['lr']:g} | {row['iterations']} | {_fmt(row['final_loss'], 4)} | "
-                     f"{_fmt(row['val_pixel_error'], 4)} | {_fmt(row['val_rand_error'], 4)} | {status} |")
+        lines.append(f"| {row['lr']:g} | {row['iterations']} | {fmt(row['final_loss'], 4)} | "
+                     f"{fmt(row['val_pixel_error'], 4)} | {fmt(row['val_rand_error'], 4)} | {status} |")
     p = data["provenance"]
     lines.append(f"\nFold {data['rows'][0]['fold']} (train on the other blocks, validate on its block, "
                  f"no TTA). Command: `{p['command']}`; commit {p['commit'][:10]}; {p['cpu']}, "
@@ -206,7 +206,7 @@ def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | No
         banner, label = "", f"ours, `{config['name']}` profile"
     cv = ["| fold | held-out slices | warping error | Rand error | pixel error | V_rand (thinned) | V_info (thinned) |",
           "|---|---|---|---|---|---|---|"]
-    cv += [f"| {r['fold']} | {r['val_slices']} | " + " | ".join(_fmt(r[m]) for m in METRICS) + " |"
+    cv += [f"| {r['fold']} | {r['val_slices']} | " + " | ".join(fmt(r[m]) for m in METRICS) + " |"
            for r in fold_rows]
     if fold_rows:
         cv.append("| **mean ± std** | | " + " | ".join(f"**{mean[m]:.6f}** ± {std[m]:.6f}" for m in METRICS) + " |")
@@ -323,11 +323,11 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
         _, loss = curves[name]
         smoothed = float(loss[-10:].mean()) if len(loss) else math.nan
         by_step = {int(v["iteration"]): v for v in validations[name]}
-        cells = " | ".join(f"{_fmt(by_step[i]['pixel_error'], 4)} | {_fmt(by_step[i]['rand_error'], 4)}"
+        cells = " | ".join(f"{fmt(by_step[i]['pixel_error'], 4)} | {fmt(by_step[i]['rand_error'], 4)}"
                            if i in by_step else "- | -" for i in every)
         stopped = "no" if row["status"] == "ok" else row["status"].replace("|", "/")
         steps = int(curves[name][0][-1]) if len(loss) else 0
-        lines.append(f"| {row['lr']:g} | {steps} | {row['seconds'] / 60:.1f} | {_fmt(smoothed, 4)} | {cells} | {stopped} |")
+        lines.append(f"| {row['lr']:g} | {steps} | {row['seconds'] / 60:.1f} | {fmt(smoothed, 4)} | {cells} | {stopped} |")
     p, config = data["provenance"], data["config"]
     runs: dict[tuple, list[str]] = {}  # one line per search invocation: (command, commit, start) -> rates
     for row in data["rows"]:

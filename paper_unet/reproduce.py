@@ -176,9 +176,9 @@ def run_reproduction(config: Config, isbi: ISBI2012, out: str | Path, *, resume:
         raise ValueError("--cv-only trains no final model: it cannot be combined with --only-final")
     whole = only_fold is None and not only_final
     stage = out if whole else Path(out) / (f"fold{only_fold}" if only_fold is not None else "final")
-    main = distributed()[0] == 0
-    with hold(out, enabled=main, shared=not whole), hold(stage, enabled=main), graceful_stop() as stop:
-        if estimate and whole and distributed()[1] == 1:
+    rank, world, _ = distributed()
+    with hold(out, enabled=rank == 0, shared=not whole), hold(stage, enabled=rank == 0), graceful_stop() as stop:
+        if estimate and whole and world == 1:
             from paper_unet.estimate import announce
 
             announce(config, isbi, out, cv_only=cv_only)

@@ -118,8 +118,6 @@ def parse_variant(text: str) -> Variant:
     return Variant(parts[0], parts[1:])
 
 
-
-
 ADOPTED = ("best.pt", "train_log.csv", "val_log.csv", "last.pt")  # last.pt last: it marks a finished copy
 
 

@@ -51,7 +51,7 @@ from paper_unet.stop import StopFlag, graceful_stop
 from paper_unet.tiling import predict_stack
 
 # the checkpoint and distributed names are re-exported here for code that imported them from train
-__all__ = ["train", "train_step", "TrainResult", "TrainingDiverged", "collective_spread", "validate",
+__all__ = ["train", "train_step", "training_sampler", "TrainResult", "TrainingDiverged", "collective_spread", "validate",
            "learning_rate", "augment_config", "resolve_device", "build_model", "distributed", "is_main_process",
            "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint"]
 
@@ -100,6 +100,16 @@ def augment_config(config: Config) -> AugmentConfig:
     fixed = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=(0.0, 0.0))
     return AugmentConfig(elastic_grid=d.elastic_grid, elastic_std=d.elastic_std, rotate=d.rotate,
                          flip=d.flip, **({} if d.gray_values else fixed))
+
+
+def training_sampler(config: Config, images: np.ndarray, labels: np.ndarray, device: torch.device,
+                     length: int, stream: int = 0) -> TileSampler:
+    """The augmented tiles ``config`` trains on (sample stream ``stream``: the rank under DDP); the
+    padded ablation networks are labelled on their whole tile."""
+    d = config.data
+    return TileSampler(images, labels, tile=d.tile, depth=config.model.depth, length=length, seed=config.run.seed,
+                       stream=stream, augment_config=augment_config(config), w0=d.w0, sigma=d.sigma, device=device,
+                       out_tile=d.tile if config.model.network == "padded" else None)
 
 
 def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device,
@@ -317,11 +327,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
     else:
         train_model = model
 
-    sampler = TileSampler(images, labels, tile=config.data.tile, depth=config.model.depth,
-                          length=o.iterations * o.batch_size, seed=r.seed, stream=rank,
-                          augment_config=augment_config(config), w0=config.data.w0,
-                          sigma=config.data.sigma, device=device,
-                          out_tile=config.data.tile if config.model.network == "padded" else None)
+    sampler = training_sampler(config, images, labels, device, o.iterations * o.batch_size, stream=rank)
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
     step_model = torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model
