@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AugmentConfig", "AugmentParams", "draw_params", "sampling_grid", "resample", "augment",
-           "augment_batch", "to_device"]
+           "augment_batch", "augment_packed", "pack_params", "has_gray_values", "to_device"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,19 @@ def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.to(device)
 
 
+def pack_params(params: list[AugmentParams], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The N draws as one host tensor (N, 8 + 2 g^2), one row per sample, rounded to ``dtype`` like a
+    Python scalar: centre (y, x), cos, sin, flip, gamma, contrast, brightness, then the (2, g, g)
+    displacements. What `augment_packed` reads on the device."""
+    return torch.tensor([[p.center[0], p.center[1], math.cos(p.angle), math.sin(p.angle), float(p.flip), p.gamma,
+                          p.contrast, p.brightness, *p.displacement.flatten().tolist()] for p in params], dtype=dtype)
+
+
+def has_gray_values(params: list[AugmentParams]) -> bool:
+    """Whether any draw changes gray values (decided on the host, from the draws)."""
+    return not all(_is_identity_gray(p) for p in params)
+
+
 def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor | None,
                   params: list[AugmentParams], tile: int, out_tile: int, dtype: torch.dtype = torch.float32
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -172,18 +185,29 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
             against which the float32 results of the CPU and of a GPU are held.
     Returns (N, tile, tile) images and (N, out_tile, out_tile) labels and weights: the same values
     as N calls of `augment` (the same float32 operations, batched). The parameters travel to the
-    device in one asynchronous copy, so the host never waits for the device here.
+    device in one asynchronous copy (`pack_params`, `to_device`), so the host never waits for the
+    device here; the device part is `augment_packed`.
     """
     n = len(params)
     if images.ndim != 3 or images.shape[0] != n:
         raise ValueError(f"images {tuple(images.shape)} must be (N, H, W) with N = {n} parameter draws")
-    device = images.device
+    packed = to_device(pack_params(params, dtype), images.device)
+    return augment_packed(images, labels, weights, packed, tile, out_tile, gray=has_gray_values(params))
+
+
+def augment_packed(images: torch.Tensor, labels: torch.Tensor | None, weights: torch.Tensor | None,
+                   packed: torch.Tensor, tile: int, out_tile: int, *, gray: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The device part of `augment_batch`: ``packed`` (N, 8 + 2 g^2) parameter rows (`pack_params`,
+    already on the device, in the arithmetic's dtype). Only device operations, with shapes fixed by
+    (N, g, tile): a whole-step CUDA graph captures it. ``gray``: apply the gray-value changes (a
+    draw without any is left exact by ``torch.where``, so True gives the same tiles, at the price of
+    a few kernels; False skips them, for draws known to have none)."""
+    n, dtype, device = packed.shape[0], packed.dtype, images.device
     height, width = images.shape[-2:]
-    packed = to_device(torch.tensor(  # one row per sample, rounded to ``dtype`` like a Python scalar
-        [[p.center[0], p.center[1], math.cos(p.angle), math.sin(p.angle), float(p.flip), p.gamma, p.contrast,
-          p.brightness, *p.displacement.flatten().tolist()] for p in params], dtype=dtype), device)
+    g = math.isqrt((packed.shape[1] - 8) // 2)
     cy, cx, cos, sin, flip, gamma, contrast, brightness = (packed[:, i, None, None] for i in range(8))
-    displacement = packed[:, 8:].reshape(n, *params[0].displacement.shape)
+    displacement = packed[:, 8:].reshape(n, 2, g, g)
     c = (tile - 1) / 2
     axis = torch.arange(tile, dtype=dtype, device=device) - c
     v, u = torch.meshgrid(axis, axis, indexing="ij")
@@ -198,7 +222,7 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, weights: to
                              align_corners=True)[:, 0]
 
     image_tiles = sample(images, grid, "bicubic").clamp(0, 1)
-    if not all(_is_identity_gray(p) for p in params):  # decided on the host, from the draws
+    if gray:
         changed = (gamma != 1) | (contrast != 1) | (brightness != 0)
         varied = ((image_tiles.pow(gamma) - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
         image_tiles = torch.where(changed, varied, image_tiles)  # (x - 0.5) + 0.5 is not exact in float32

@@ -76,6 +76,10 @@ class RunConfig:
     bf16: bool | str = "auto"
     channels_last: bool | str = "auto"
     compile: bool = False  # torch.compile
+    # speed levers of the training step (step.py), off until a GPU has measured them (results/performance.md)
+    cudnn_benchmark: bool = False  # CUDA: cuDNN times its algorithms per shape once and keeps the fastest
+    fused_sgd: bool = False  # PyTorch's fused SGD kernel (the same update)
+    cuda_graph: bool = False  # CUDA: the whole step captured once as a CUDA graph and replayed (implies fused_sgd)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 
 
@@ -150,6 +154,9 @@ def _validate(config: Config) -> None:
         raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")
     if r.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
         raise ValueError(f"run.compile_mode must be default, reduce-overhead or max-autotune, got {r.compile_mode!r}")
+    if r.cuda_graph and r.compile:
+        raise ValueError("run.cuda_graph and run.compile both make the step a graph; set one of them "
+                         "(torch.compile's CUDA graphs: run.compile_mode=\"reduce-overhead\")")
     for name in ("bf16", "channels_last"):
         value = getattr(r, name)
         if not (value is True or value is False or value == "auto"):

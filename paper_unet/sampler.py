@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from paper_unet.augment import AugmentConfig, AugmentParams, augment_batch, draw_params, to_device
+from paper_unet.augment import (AugmentConfig, AugmentParams, augment_batch, augment_packed, draw_params, pack_params,
+                                to_device)
 from paper_unet.tiling import check_input_size, output_size
 from paper_unet.weights import estimate_class_weights, weight_map
 
@@ -105,6 +106,27 @@ class TileSampler(Dataset):
         image, label, weight = augment_batch(self.images[slices], self.labels[slices], self.weights[slices],
                                              [p for _, p in draws], self.tile, self.out_tile, dtype)
         return image[:, None], label.round().long(), weight
+
+    def draw_batch(self, indices, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The host part of `batch`: the slice numbers (N,) and the packed parameters (N, 8 + 2 g^2)
+        of ``indices`` as host tensors, for `device_batch` (a whole-step CUDA graph copies them into
+        its static buffers)."""
+        draws = [self.draw(int(i)) for i in indices]
+        return torch.tensor([z for z, _ in draws]), pack_params([p for _, p in draws], dtype)
+
+    def device_batch(self, slices: torch.Tensor, packed: torch.Tensor, *, gray: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The device part of `batch`, from `draw_batch`'s tensors on the device: device operations
+        only, with fixed shapes (`augment_packed`); ``gray``: as there. The same tiles as `batch`."""
+        image, label, weight = augment_packed(self.images[slices], self.labels[slices], self.weights[slices],
+                                              packed, self.tile, self.out_tile, gray=gray)
+        return image[:, None], label.round().long(), weight
+
+    @property
+    def gray_values(self) -> bool:
+        """Whether the augmentation can change gray values (False only when every draw is the identity)."""
+        c = self.config
+        return c is not None and (tuple(c.gamma), tuple(c.contrast), tuple(c.brightness)) != ((1, 1), (1, 1), (0, 0))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image, label, weight = self.batch([index])

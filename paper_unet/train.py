@@ -29,8 +29,7 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +42,10 @@ from paper_unet.checkpoint import (build_model, load_checkpoint, load_weights, m
                                    previous_path, save_checkpoint)
 from paper_unet.distributed import distributed, is_main_process, reduce_min, resolve_device
 from paper_unet.fastpath import FastPath, resolve as resolve_fast_path
-from paper_unet.loss import weighted_cross_entropy
 from paper_unet.model import UNet
 from paper_unet.runlock import hold
 from paper_unet.sampler import TileSampler
+from paper_unet.step import Levers, TrainingStep, cudnn_benchmark, make_optimizer, resolve_levers, train_step
 from paper_unet.stop import StopFlag, graceful_stop
 from paper_unet.tiling import predict_stack
 
@@ -165,31 +164,11 @@ def learning_rate(config: Config, iteration: int) -> float:
     return o.lr * warm * (o.lr_decay if iteration >= o.lr_decay_at * o.iterations else 1.0)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, w: torch.Tensor | None, *, bf16: bool = False,
-               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch of tiles; returns (loss, logits) as device tensors (no host sync).
-
-    ``bf16``: the network runs under bf16 autocast (matrix work in bf16), the loss and its
-    softmax in fp32. ``channels_last``: the input in NHWC memory order (the model's parameters
-    must be converted too). Under DDP, backward() all-reduces (averages) the gradients.
-    """
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-        logits = model(x)
-    loss = weighted_cross_entropy(logits, y, w)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss, logits
-
-
-def _record_run(out: Path, config: Config, fast: FastPath) -> None:
+def _record_run(out: Path, config: Config, fast: FastPath, levers: Levers) -> None:
     """The resolved config (config.json) and the fast path it takes here (fast_path.json, and the log)."""
     config.save(out / "config.json")
-    (out / "fast_path.json").write_text(json.dumps(fast.as_dict(), indent=2) + "\n")
-    print(f"{out.name}: {fast.describe()}", file=sys.stderr)
+    (out / "fast_path.json").write_text(json.dumps({**fast.as_dict(), "levers": asdict(levers)}, indent=2) + "\n")
+    print(f"{out.name}: {fast.describe()}; {levers.describe()}", file=sys.stderr)
 
 
 def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
@@ -212,7 +191,8 @@ def train(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str |
     ``from_previous`` resumes from ``last.prev.pt`` (the checkpoint before ``last.pt``), for a
     ``last.pt`` that does not load.
     """
-    with hold(out_dir, enabled=distributed()[0] == 0), graceful_stop() as stop:
+    with hold(out_dir, enabled=distributed()[0] == 0), graceful_stop() as stop, \
+            cudnn_benchmark(config.run.cudnn_benchmark):
         return _train(config, images, labels, Path(out_dir), val_images=val_images, val_labels=val_labels,
                       resume=resume, progress=progress, stop_after=stop_after, init_from=init_from,
                       from_previous=from_previous, stop=stop)
@@ -282,14 +262,14 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
         torch.cuda.set_device(device)
     o, r = config.optim, config.run
     fast = resolve_fast_path(r.bf16, r.channels_last, device)  # "auto": chosen for this device
+    levers = resolve_levers(r, device, world)
     torch.manual_seed(r.seed)  # the same initial weights on every rank
     model = build_model(config).to(device)
     if world > 1:
         torch.manual_seed(r.seed + 1_000_003 * rank)  # rank-specific dropout masks
     if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
-                                weight_decay=o.weight_decay)
+    optimizer = make_optimizer(model, o, levers)
     start, best, seconds_before = 0, math.inf, 0.0
     # running: loss sum of the current log interval, count: its steps; start_loss / smoothed: the
     # divergence check; flat: log intervals in a row with a constant output (the collapse check)
@@ -319,7 +299,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
         if init_from is not None:
             load_weights(model, init_from, device)
     if main:
-        _record_run(out, config, fast)
+        _record_run(out, config, fast, levers)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -330,11 +310,13 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
     sampler = training_sampler(config, images, labels, device, o.iterations * o.batch_size, stream=rank)
     log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
     val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
-    step_model = torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model
-    graphs = r.compile and r.compile_mode == "reduce-overhead"  # CUDA graphs (on a GPU)
-    started = time.perf_counter()
     m = monitors
-    running = torch.tensor(m["running"], dtype=torch.float64, device=device)  # summed on the device
+    step = TrainingStep(torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model, optimizer,
+                        sampler, batch_size=o.batch_size, weight_map=config.data.weight_map, fast=fast,
+                        graph=levers.cuda_graph, compiled_graphs=r.compile and r.compile_mode == "reduce-overhead",
+                        running=m["running"])
+    running = step.running  # the loss sum of the log interval, on the device
+    started = time.perf_counter()
     end = o.iterations if stop_after is None else min(o.iterations, stop_after)
     bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not (progress and main),
                desc=f"train {out.name}", file=sys.stderr, dynamic_ncols=True)
@@ -350,7 +332,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
                 "rng": rng, "world_size": world, "monitors": {**m, "running": float(running)},
-                "fast_path": fast.as_dict(),
+                "fast_path": fast.as_dict(), "levers": asdict(levers),
                 "seconds": seconds_before + time.perf_counter() - started,
                 "version": __version__, "torch": str(torch.__version__),
                 "init_from": str(init_from) if init_from is not None else None}, keep_previous=path == last)
@@ -358,15 +340,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
     try:
         for it in bar:
             lr = learning_rate(config, it)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y, w = sampler.batch(range(it * o.batch_size, (it + 1) * o.batch_size))
-            w = w if config.data.weight_map else None  # ablation: plain cross entropy
-            if graphs:  # a new training step: the previous step's graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            loss, logits = train_step(step_model, optimizer, x, y, w, bf16=fast.bf16,
-                                      channels_last=fast.channels_last)
-            running += loss.detach()
+            step(it, lr)
             m["count"] += 1
             logged = (it + 1) % r.log_every == 0 or it + 1 == end
             if logged:  # one host sync per log interval
@@ -376,7 +350,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
                 last_loss = m["last_loss"] = running.item() / m["count"]
                 running.zero_()
                 m["count"] = 0
-                _stop_checks(m, last_loss, logits, world, o, it + 1)
+                _stop_checks(m, last_loss, step.logits, world, o, it + 1)
                 if main:
                     log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
                                "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
