@@ -49,16 +49,18 @@ GRAPH_WARMUP = 3  # eager steps on a side stream before a capture (then undone)
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, w: torch.Tensor | None, *, bf16: bool = False,
-               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               channels_last: bool = False, autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a batch of tiles; returns (loss, logits) as device tensors (no host sync).
 
     ``bf16``: the network runs under bf16 autocast (matrix work in bf16), the loss and its
     softmax in fp32. ``channels_last``: the input in NHWC memory order (the model's parameters
     must be converted too). Under DDP, backward() all-reduces (averages) the gradients.
+    ``autocast_cache``: autocast keeps its bf16 weight copies for the step (off for a CUDA graph
+    capture, which requires it; the same numbers).
     """
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache) if bf16 else nullcontext():
         logits = model(x)
     loss = weighted_cross_entropy(logits, y, w)
     optimizer.zero_grad(set_to_none=True)
@@ -211,7 +213,7 @@ class TrainingStep:
         packed = self.static[1 + n :].view(n, self.width)
         x, y, w = self.sampler.device_batch(slices, packed, gray=self.gray)
         loss, self.logits = train_step(self.model, self.optimizer, x, y, w if self.weight_map else None,
-                                       bf16=self.bf16, channels_last=self.channels_last)
+                                       bf16=self.bf16, channels_last=self.channels_last, autocast_cache=False)
         self.running += loss.detach()
 
     def _state(self) -> list[torch.Tensor]:

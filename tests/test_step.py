@@ -219,3 +219,26 @@ def test_graph_replays_do_not_wait_for_the_gpu(tiny_data):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(step.running).item()
+
+
+# --- the step profiler -------------------------------------------------------------------------------
+
+def test_profile_step_runs_every_variant_the_cpu_can_run(isbi_dir, tmp_path):
+    """reproduction/benchmarks/profile_step.py --device cpu --quick: each variant's figures in the JSON
+    (the GPU-only ones absent or empty), and the table."""
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, str(REPO / "reproduction" / "benchmarks" / "profile_step.py"), "--device",
+                           "cpu", "--quick", "--no-write", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"A", "B", "C", "D", "E", "F", "H", "G0"}
+    for name, figures in report["variants"].items():
+        assert "error" not in figures, (name, figures)
+        assert figures["wall_ms"] > 0 and figures["host_ms"] > 0 and figures["gpu_busy_ms"] is None
+        assert figures["conv_ms"] > 0 and "conv forward" in figures["categories_ms"]
+    assert "| A | fp32 eager, as shipped |" in done.stdout
