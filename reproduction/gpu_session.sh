@@ -1,112 +1,118 @@
 #!/usr/bin/env bash
-# What one short session on a lent CUDA GPU runs, step by step (a machine held for minutes, not hours):
-#   bash reproduction/gpu_session.sh check              # versions, the CUDA tests, bench_train.py alone
-#   bash reproduction/gpu_session.sh launch DEADLINE    # in the background: run_isbi.sh --profile paper
-#                                                       # --parallel-folds (fp32, as shipped; CUDA graphs if
-#                                                       # the bench found them faster), sized to end by
-#                                                       # DEADLINE (epoch s)
-#   bash reproduction/gpu_session.sh tests [SECONDS]    # the whole test suite, capped (default 400 s)
-#   bash reproduction/gpu_session.sh watch SECONDS      # progress every 30 s until done or SECONDS passed
-#   bash reproduction/gpu_session.sh plan DEADLINE      # only print the iterations that launch would choose
-# Logs go to runs/gpu/ ($GPU_SESSION_LOG; bench, tests, progress, the chosen iterations, the report);
-# `pack DIR` writes them and the run directory's logs and scores to DIR as two archives.
-# Environment: PAPER_UNET_PYTHON (the interpreter with torch; default python3), PAPER_UNET_SHARED (the
-# folder holding data/isbi2012 and metrics_reference; default ../shared).
+# One short slot on a lent CUDA GPU: 15 minutes of machine time, its start (a few minutes) included, so
+# about 11 minutes of command time, in two calls of at most 10 minutes each; only a few small files come
+# back (8 of at most 16 MiB each). Measure first, then run what the measurement allows:
 #
-# The iteration count: the bench's single-process rate of the full-width fp32 step (eager, or replayed as
-# CUDA graphs with run.compile_mode="reduce-overhead" when that measured at least 10 % faster) times the
-# seconds left before DEADLINE, less 150 s for the last predictions, scores and the report (graphs: 270 s,
-# with the compilation), times the parallel gain (eager: 1.2, four processes on one H100 ran 1.37x one
-# process's rate on 2026-11-25, less a margin; graphs: 1.0, not measured), over 4 networks (3 folds + final), rounded down to 1,000 and capped
-# at the profile's 50,000. When that falls short of 50,000 it runs the cross-validation alone (--cv-only,
-# 3 networks): closer to the paper's schedule. Everything it chose is in
-# runs/gpu/plan.txt. A device machine re-sends the tracked files with every call, so nothing is written
-# to tracked paths there: the reproduction's report goes to runs/gpu/isbi2012_paper/, performance.md
-# is copied to runs/gpu/ at once (`pack` takes them from there; copy them to results/ here).
+#   here, once:  bash reproduction/gpu_session.sh prepare
+#                copies ../shared (the ISBI stacks, the metric references) to .gpu_shared/, which git
+#                ignores and the device call carries (carry: [".gpu_shared"]), and prints the two calls
+#   call 1:      bash reproduction/gpu_session.sh first SECONDS OUTDIR        (timeout_s about 590)
+#                1. versions and the GPU (env.txt)
+#                2. the CUDA tests alone, capped at 120 s, failures in full (tests_cuda.log)
+#                3. profile_step.py, capped at 200 s: the step lever by lever (profile_step.json,
+#                   performance.md with its section)
+#                4. the plan (gpu_plan.py: the whole reproduction, else fold 2 as shipped, else fold 2
+#                   shortened), sized to end SECONDS after this call started (plan.txt)
+#                5. the run, started in its own process session so that it outlives the call
+#                6. its progress, copied into OUTDIR every 20 s until 560 s after the start
+#                   (progress.txt; val_logs.txt: every validation so far), so a cut-off loses nothing;
+#                   a run that ended by then is packed as by `finish`
+#   call 2:      bash reproduction/gpu_session.sh finish OUTDIR [SECONDS]    (timeout_s about 200)
+#                follows the run to its end (at most SECONDS, default 180), then packs its logs, scores
+#                and report into OUTDIR/run.tgz (no checkpoints, no probability maps)
+#   bash reproduction/gpu_session.sh plan PROFILE_JSON SECONDS   # only print what `first` would run
+#
+# Call 2 must follow call 1 within the machine's idle time (30 s on an H200): a machine given back in
+# between takes the run with it; what call 1 copied into OUTDIR came back all the same.
+# Environment: PAPER_UNET_PYTHON (the interpreter with torch; default python3), PAPER_UNET_SHARED (the
+# folder holding data/isbi2012 and metrics_reference; default .gpu_shared, else ../shared).
+# Nothing is written to tracked paths except results/performance.md (profile_step.py's section, copied
+# to OUTDIR): runs go to runs/gpu/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 py="${PAPER_UNET_PYTHON:-python3}"
 export PAPER_UNET_PYTHON="$py" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-shared="${PAPER_UNET_SHARED:-$PWD/../shared}"
+shared="${PAPER_UNET_SHARED:-}"
+[ -n "$shared" ] || { [ -d .gpu_shared/data/isbi2012 ] && shared="$PWD/.gpu_shared" || shared="$PWD/../shared"; }
 export PAPER_UNET_SHARED="$shared"
 data="$shared/data/isbi2012"
-log="${GPU_SESSION_LOG:-runs/gpu}"
+log=runs/gpu
+run_dir=runs/gpu/paper
 mkdir -p "$log"
 
-case "${1:-}" in
-  check)
-    { date -u; nvidia-smi; "$py" -c "import torch, numpy, numba, scipy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'numpy', numpy.__version__, 'numba', numba.__version__, 'scipy', scipy.__version__); print(torch.cuda.get_device_name(0))"; } > "$log/env.txt" 2>&1
-    cat "$log/env.txt"
-    # the CUDA tests first, alone (seconds), with their failure messages
-    "$py" -m pytest -q -p no:cacheprovider -m cuda -rfE --tb=short 2>&1 | tee "$log/tests_cuda.log" | tail -40
-    "$py" reproduction/benchmarks/bench_train.py --device cuda 2>&1 | tee "$log/bench_train.log" | tail -25
-    cp results/performance.md "$log/performance.md"
-    ;;
-  tests)
-    # the whole default suite; SECONDS (default 400) caps it with SIGINT, on which pytest still prints
-    # its failure summary (SIGTERM or a killed call would print none)
-    OMP_NUM_THREADS=4 timeout -s INT "${2:-400}" "$py" -m pytest -q -p no:cacheprovider -rfE --tb=short \
-      > "$log/tests.log" 2>&1
-    echo "tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$log/tests.log" | tail -30
-    ;;
-  plan|launch)
-    deadline="${2:?$1 needs DEADLINE (epoch seconds by which the reproduction must have ended)}"
-    # the one-process rates of the full-width fp32 step from the bench: eager, and replayed as CUDA graphs
-    read -r eager graphs < <("$py" - "$log/bench_train.log" <<'PY'
-import ast, sys
-rates = {}
-for line in open(sys.argv[1]):
-    if line.startswith("('`paper`"):
-        name, tile, variant, rate, _ = ast.literal_eval(line.strip())
-        rates[variant] = rate
-print(rates.get((False, False, False), ""), rates.get((False, False, "reduce-overhead"), 0))
-PY
-)
-    [ -n "$eager" ] || { echo "no full-width fp32 rate in $log/bench_train.log: run check first" >&2; exit 1; }
-    now=$(date +%s)
-    # CUDA graphs when the bench measured them at least 10 % faster; parallel processes are assumed to add
-    # 1.2x to eager (measured 1.37x for four) and nothing to graphs (not measured)
-    # (graphs: 120 s more kept back, for each process's compilation)
-    read -r mode rate factor reserve < <("$py" -c "
-e, g = $eager, $graphs
-print(*(('graphs', g, 1.0, 270) if g > 1.1 * e else ('eager', e, 1.2, 150)))")
-    fit() { "$py" -c "print(min(50000, int($factor * $rate * ($deadline - $now - $reserve) / $1 / 1000) * 1000))"; }
-    # the whole run (3 folds + final model) when it reaches the profile's 50,000 iterations, else the
-    # cross-validation alone (--cv-only: 3 networks), which gets closer to the schedule; the final model and
-    # the submission were shown at 19,000 iterations on 2026-11-25
-    iterations=$(fit 4) scope=full
-    [ "$iterations" -lt 50000 ] && { iterations=$(fit 3) scope=cv-only; }
-    [ "$iterations" -ge 1000 ] || { echo "too little time left ($((deadline - now)) s) for 1,000 iterations" >&2; exit 1; }
-    echo "rates (one process, bench): eager $eager, CUDA graphs $graphs steps/s (0: failed or not measured); using $mode" \
-      "($rate x $factor); deadline in $((deadline - now)) s; $scope run, iterations $iterations" | tee "$log/plan.txt"
-    [ "$1" = plan ] && exit 0
-    extra=()
-    [ "$mode" = graphs ] && extra+=(--set run.compile=true --set 'run.compile_mode="reduce-overhead"')
-    [ "$scope" = cv-only ] && extra+=(--cv-only)
-    # fp32, the profile's default: on an H100 bf16 + channels_last is no faster (0.97x, 2026-11-25)
-    OMP_NUM_THREADS=2 setsid nohup bash reproduction/run_isbi.sh --profile paper --data-dir "$data" \
-      --parallel-folds --set optim.iterations="$iterations" "${extra[@]}" --results "$log/isbi2012_paper" \
-      > "$log/reproduce.log" 2>&1 < /dev/null &
-    echo "launched"
-    ;;
-  watch)
-    end=$(( $(date +%s) + ${2:?watch needs SECONDS} ))
-    while [ "$(date +%s)" -lt "$end" ]; do
-      line="$(date -u +%T)"
-      for f in runs/isbi2012_paper/fold*/train_log.csv runs/isbi2012_paper/final/train_log.csv; do
-        [ -f "$f" ] && line+=" | ${f#runs/} $(tail -1 "$f" | cut -d, -f1,2,4)"
-      done
-      echo "$line" | tee -a "$log/progress.txt"
-      grep -q "run_isbi.sh: finished\|run_isbi.sh: error" "$log/reproduce.log" 2>/dev/null && break
-      sleep 30
+follow() {  # follow UNTIL_EPOCH OUTDIR: progress into OUTDIR every 20 s until the run ends or UNTIL
+  local until="$1" dir="$2" line f
+  while [ "$(date +%s)" -lt "$until" ]; do
+    line="$(date -u +%T)"
+    for f in "$run_dir"/fold*/train_log.csv "$run_dir"/final/train_log.csv; do
+      [ -f "$f" ] && line+=" | ${f#"$run_dir"/} $(tail -1 "$f" | cut -d, -f1,2,4)"
     done
-    tail -5 "$log/reproduce.log"
+    echo "$line" | tee -a "$dir/progress.txt"
+    for f in "$run_dir"/fold*/val_log.csv "$run_dir"/final/val_log.csv; do
+      [ -f "$f" ] && { echo "== ${f#"$run_dir"/}"; cat "$f"; }
+    done > "$dir/val_logs.txt" 2>/dev/null
+    running || break
+    sleep 20
+  done
+  tail -5 "$log/reproduce.log" 2>/dev/null
+}
+running() { [ -f "$log/run.pid" ] && kill -0 "$(cat "$log/run.pid")" 2>/dev/null; }
+pack() {  # pack OUTDIR: the run's logs, scores and report (no checkpoints, no probability maps)
+  tail -40 "$log/reproduce.log" > "$1/reproduce_tail.log" 2>/dev/null
+  tar czf "$1/run.tgz" --exclude='*.pt' --exclude='*.tif' "$run_dir" "$log"/*.log "$log/isbi2012_paper" 2>/dev/null
+  ls -la "$1"
+}
+
+case "${1:-}" in
+  prepare)
+    src="${PAPER_UNET_SHARED:-$PWD/../shared}"
+    mkdir -p .gpu_shared/data
+    cp -r "$src/data/isbi2012" .gpu_shared/data/ && cp -r "$src/metrics_reference" .gpu_shared/
+    grep -qx '/.gpu_shared/' .git/info/exclude 2>/dev/null || echo '/.gpu_shared/' >> .git/info/exclude
+    du -sh .gpu_shared
+    echo "call 1: run(command='bash reproduction/gpu_session.sh first 640 \$OUT', carry=['.gpu_shared'], timeout_s=590)"
+    echo "call 2, at once: run(command='bash reproduction/gpu_session.sh finish \$OUT', carry=['.gpu_shared'], timeout_s=200)"
     ;;
-  pack)
-    dir="${2:?pack needs DIR}"
-    tar czf "$dir/gpu_logs.tgz" runs/gpu 2>/dev/null
-    tar czf "$dir/isbi2012_paper.tgz" --exclude='*.pt' --exclude='*.tif' runs/isbi2012_paper 2>/dev/null
-    ls -la "$dir"
+  first)
+    seconds="${2:?first needs SECONDS: from now to the end of the run}" out="${3:?first needs OUTDIR}"
+    mkdir -p "$out"
+    deadline=$((started + seconds))
+    { date -u; nvidia-smi; "$py" -c "import torch, numpy, scipy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'numpy', numpy.__version__, 'scipy', scipy.__version__); print(torch.cuda.get_device_name(0))"; } > "$out/env.txt" 2>&1
+    cat "$out/env.txt"
+    # SIGINT: pytest still prints its failure summary when the cap is reached
+    timeout -s INT 120 "$py" -m pytest -q -p no:cacheprovider -m cuda -rfE --tb=short > "$out/tests_cuda.log" 2>&1
+    echo "CUDA tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests_cuda.log" | tail -15
+    timeout -s INT 200 "$py" reproduction/benchmarks/profile_step.py --device cuda --out "$out/profile_step.json" \
+      > "$log/profile_step.log" 2>&1
+    echo "profile_step exit $?"; grep -v "^USDT\|SyncActivityProfiler" "$log/profile_step.log" | tail -20
+    cp results/performance.md "$out/performance.md"
+    "$py" reproduction/gpu_plan.py "$out/profile_step.json" $((deadline - $(date +%s))) | tee "$out/plan.txt" \
+      || { echo "no plan: see above" >&2; exit 1; }
+    scope=$(sed -n 's/^scope=//p' "$out/plan.txt") iterations=$(sed -n 's/^iterations=//p' "$out/plan.txt")
+    sets=(--set "optim.iterations=$iterations")
+    for o in $(sed -n 's/^overrides=//p' "$out/plan.txt"); do sets+=(--set "$o"); done
+    if [ "$scope" = full ]; then
+      cmd=(bash reproduction/run_isbi.sh --profile paper --data-dir "$data" --parallel-folds --out "$run_dir"
+           --results "$log/isbi2012_paper" "${sets[@]}")
+    else
+      cmd=("$py" -m paper_unet reproduce --profile paper --data-dir "$data" --out "$run_dir" --only-fold 2 "${sets[@]}")
+    fi
+    echo "${cmd[*]}" | tee -a "$out/plan.txt"
+    OMP_NUM_THREADS=2 setsid nohup "${cmd[@]}" > "$log/reproduce.log" 2>&1 < /dev/null &
+    echo $! > "$log/run.pid"
+    follow $((started + 560)) "$out"
+    running || pack "$out"  # ended within this call: call 2 is not needed
     ;;
-  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  finish)
+    out="${2:?finish needs OUTDIR}"
+    mkdir -p "$out"
+    follow $((started + ${3:-180})) "$out"
+    running && echo "the run is still going: packing what it has written so far"
+    pack "$out"
+    ;;
+  plan)
+    "$py" reproduction/gpu_plan.py "${2:?plan needs PROFILE_JSON}" "${3:?plan needs SECONDS}"
+    ;;
+  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

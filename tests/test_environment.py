@@ -90,33 +90,39 @@ def test_declared_python_minimum_is_3_11():
     assert project["requires-python"] == ">=3.11"
 
 
-def test_gpu_session_sizes_the_reproduction_from_the_benchmark_and_the_time_left(tmp_path):
-    """reproduction/gpu_session.sh plan: iterations = gain x the bench's one-process full-width fp32 rate x
-    (seconds left - reserve) / networks, rounded down to 1,000, capped at 50,000; the whole run (4 networks)
-    when it reaches 50,000, else the cross-validation alone (3); CUDA graphs when the bench measured them
-    over 10 % faster (gain 1.0, reserve 270 s) instead of eager (gain 1.2, reserve 150 s); too little time
-    is refused. Hand-checked, 1,000 s left: eager 87.1 steps/s: 1.2 x 87.1 x 850 / 4 = 22,210 < 50,000, so
-    cv-only: 1.2 x 87.1 x 850 / 3 = 29,614 -> 29,000 (the bf16 row's 60.0 is not read); graphs at 140.0:
-    140 x 730 / 3 = 34,066 -> 34,000; graphs at 90.0 (< 1.1 x 87.1): eager."""
-    import time
-    lines = ["('`cpu` network (width 16)', 572, (True, True, False), 95.0, 5.4)",
-             "('`paper` network (width 64)', 572, (False, False, False), 87.1, 78.6)",
-             "('`paper` network (width 64)', 572, (True, True, False), 60.0, 54.1)"]
-    env = dict(os.environ, GPU_SESSION_LOG=str(tmp_path), PAPER_UNET_PYTHON=sys.executable)
-
-    def plan(seconds_left, graphs=None):
-        graph_row = [f"('`paper` network (width 64)', 572, (False, False, 'reduce-overhead'), {graphs}, 1.0)"]
-        (tmp_path / "bench_train.log").write_text("\n".join(lines + (graph_row if graphs else [])) + "\n")
-        return subprocess.run(["bash", str(REPO / "reproduction" / "gpu_session.sh"), "plan",
-                               str(int(time.time()) + seconds_left)], capture_output=True, text=True, env=env,
-                              timeout=60)
-
-    done = plan(1000)
+def test_gpu_session_sizes_the_run_from_the_measured_step_rates_and_the_time_left(tmp_path):
+    """reproduction/gpu_plan.py (what `gpu_session.sh first` runs, from profile_step.py's JSON), hand-checked:
+    - 1,000 s left, eager H 87.1, I 95.0, graph E 140.0 steps/s: the whole run needs 200,000 / (1,000 - 240)
+      = 263 aggregate steps/s; the best aggregate is E's 140 x 1.0 (I's 95 x 1.2 = 114) -> not the whole run;
+      fold 2 as shipped needs 50,000 / (1,000 - 150) = 58.8 steps/s, E gives 140 -> fold2 with E's overrides,
+      expected 50,000 / 140 + 150 = 507 s;
+    - 3,000 s left: 200,000 / 2,760 = 72.5 needed, 140 reached -> the whole run (E), 200,000 / 140 + 240 = 1,669 s;
+    - 400 s left, only H measured (E failed): fold 2 needs 50,000 / 250 = 200 > 87.1 -> shortened to
+      87.1 x 250 = 21,775 -> 21,000 steps;
+    - 155 s left: 87.1 x 5 = 435 steps < 1,000 -> refused; no candidate measured -> refused."""
+    import json
+    sys.path.insert(0, str(REPO / "reproduction"))
+    from gpu_plan import choose
+    profile = {"variants": {"H": {"steps_per_s": 87.1}, "I": {"steps_per_s": 95.0}, "E": {"steps_per_s": 140.0},
+                            "A": {"steps_per_s": 500.0}}}  # A (no sampler) is not a candidate
+    plan = choose(profile, 1000)
+    assert (plan.scope, plan.iterations, plan.variant) == ("fold2", 50_000, "E")
+    assert plan.overrides == ["run.cudnn_benchmark=true", "run.cuda_graph=true"]
+    assert round(plan.expected_s) == 507 and "263 aggregate steps/s" in plan.note
+    whole = choose(profile, 3000)
+    assert (whole.scope, whole.iterations, whole.variant, round(whole.expected_s)) == ("full", 50_000, "E", 1669)
+    failed = {"variants": {"H": {"steps_per_s": 87.1}, "E": {"error": "RuntimeError: capture failed"}}}
+    short = choose(failed, 400)
+    assert (short.scope, short.iterations, short.variant, short.overrides) == ("fold2-shortened", 21_000, "H", [])
+    assert "would need 200 steps/s" in short.note
+    with pytest.raises(ValueError, match="too little time"):
+        choose(failed, 155)
+    with pytest.raises(ValueError, match="none of the variants"):
+        choose({"variants": {"A": {"steps_per_s": 100.0}}}, 1000)
+    # the shell's entry point prints the same plan as KEY=VALUE lines, which `first` reads
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    done = subprocess.run(["bash", str(REPO / "reproduction" / "gpu_session.sh"), "plan", str(tmp_path / "profile.json"),
+                           "1000"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PAPER_UNET_PYTHON=sys.executable))
     assert done.returncode == 0, done.stderr
-    assert "using eager (87.1 x 1.2)" in done.stdout and done.stdout.strip().endswith("cv-only run, iterations 29000")
-    assert (tmp_path / "plan.txt").read_text() == done.stdout
-    assert plan(1000, graphs=140.0).stdout.strip().endswith("cv-only run, iterations 34000")
-    assert "using eager" in plan(1000, graphs=90.0).stdout
-    assert plan(100000).stdout.strip().endswith("full run, iterations 50000")  # the profile's own count at most
-    short = plan(150)
-    assert short.returncode == 1 and "too little time left" in short.stderr
+    assert done.stdout.splitlines()[:3] == ["scope=fold2", "iterations=50000", "variant=E"]

@@ -236,7 +236,7 @@ def test_profile_step_runs_every_variant_the_cpu_can_run(isbi_dir, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["variants"]) == {"A", "B", "C", "D", "E", "F", "H", "G0"}
+    assert set(report["variants"]) == {"A", "B", "C", "D", "E", "F", "H", "I", "G0"}
     for name, figures in report["variants"].items():
         assert "error" not in figures, (name, figures)
         assert figures["wall_ms"] > 0 and figures["host_ms"] > 0 and figures["gpu_busy_ms"] is None

@@ -12,8 +12,12 @@ step, real augmented ISBI tiles), as variants:
     G  four networks in one process: their steps serially (G0), on four CUDA streams (G1), and as four
        graphs replayed on four streams (G2); per network step
     H  A with the real sampler inside the loop (what `train` runs as shipped)
+    I  H + cudnn.benchmark + fused SGD: the eager fp32 step with its levers
 
-The baseline is A (and H for the variants with the sampler inside: E, F, G2). For each variant:
+H, I and E are the three ways to train the `paper` profile as shipped (fp32; the same method):
+reproduction/gpu_plan.py picks the fastest of them for a GPU slot's run.
+
+The baseline is A (and H for the variants with the sampler inside: E, F, G2, I). For each variant:
 wall ms/step (warm-up, then --steps timed steps, synchronised), GPU-busy ms/step from torch.profiler
 (the union of the kernel, copy and memset intervals), kernels per step, host ms/step (Python's time to
 issue one step), GPU time by kernel category (convolution forward / input-grad / weight-grad, layout
@@ -58,6 +62,8 @@ VARIANTS = {  # name: (levers, bf16 + channels_last, sampler inside, description
     "F": (Levers(cudnn_benchmark=True, fused_sgd=True, cuda_graph=True), True, True,
           "D as one whole-step CUDA graph (sampler inside)"),
     "H": (Levers(), False, True, "A + the real sampler inside the loop (train as shipped)"),
+    "I": (Levers(cudnn_benchmark=True, fused_sgd=True), False, True,
+          "H + cudnn.benchmark + fused SGD (eager, fp32)"),
 }
 NETWORKS = 4  # variant G
 
@@ -192,7 +198,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10; --quick 1)")
     parser.add_argument("--profile-steps", type=int, default=None, help="profiled steps (default 10; --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a small network (width 4, tile 188): checks the script")
-    parser.add_argument("--variants", default="ABCDEFGH", help="which variants to run (letters)")
+    parser.add_argument("--variants", default="ABCDEFGHI", help="which variants to run (letters)")
     parser.add_argument("--peak-tf32", type=float, default=494.7, help="dense TF32 TFLOP/s of the GPU (H100 SXM/H200)")
     parser.add_argument("--peak-bf16", type=float, default=989.4, help="dense bf16 TFLOP/s of the GPU (H100 SXM/H200)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -210,7 +216,7 @@ def main() -> int:
     peaks = {"tf32": args.peak_tf32, "bf16": args.peak_bf16} if cuda else {}
     length = warmup + steps + profile_steps
     results = {}
-    plan = [(v, v, 1, False) for v in "ABCDEFH" if v in args.variants]
+    plan = [(v, v, 1, False) for v in "ABCDEFHI" if v in args.variants]
     if "G" in args.variants:
         plan += [("G0", "B", NETWORKS, False)]
         if cuda:
