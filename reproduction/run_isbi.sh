@@ -33,7 +33,11 @@ Options:
   --parallel-folds run the cross-validation folds and the final model as independent processes
                    at the same time, fold k on GPU k mod N and the final model on GPU (folds mod N)
                    (with --gpus 1 all on one GPU, which a single tile per step does not fill), then
-                   gather, score and report
+                   gather, score and report. On CUDA they share the GPU through CUDA MPS (their
+                   kernels run at once, not by time-slicing) where the machine allows it: the
+                   script starts the MPS daemon for the run and stops it afterwards, and falls back
+                   to time-slicing, saying so, where it cannot start
+  --no-mps         with --parallel-folds: never start CUDA MPS
   --cv-only        the cross-validation alone: no final model and no test-volume submission (the
                    report says so); with --parallel-folds, one process per fold
   --from-previous  resume each unfinished training from its last.prev.pt (the checkpoint before
@@ -50,7 +54,7 @@ TXT
 die() { echo "run_isbi.sh: error: $*" >&2; echo "Try: bash reproduction/run_isbi.sh --help" >&2; exit 2; }
 
 original_args="$*"
-profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0 cv_only=0 from_previous=0
+profile="" data_dir="" out="" results="" lr_search="" sets=() gpus=1 parallel_folds=0 cv_only=0 from_previous=0 mps=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile="$2"; shift 2 ;;
@@ -61,6 +65,7 @@ while [ $# -gt 0 ]; do
     --lr-search) [ $# -ge 2 ] || die "--lr-search needs a value"; lr_search="$2"; shift 2 ;;
     --gpus) [ $# -ge 2 ] || die "--gpus needs a number"; gpus="$2"; shift 2 ;;
     --parallel-folds) parallel_folds=1; shift ;;
+    --no-mps) mps=0; shift ;;
     --cv-only) cv_only=1; shift ;;
     --from-previous) from_previous=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -145,7 +150,38 @@ failed() {  # a child's non-zero exit status: a clean stop on a signal, or a fai
     exit "$1"; }
   die "$2 failed (exit $1); run the same command again to resume"
 }
+# CUDA MPS for --parallel-folds: one server per run, in its own folder, stopped on exit. A machine where the
+# daemon cannot start, or where no client reaches it (containers often hide it), falls back to time-slicing.
+mps_dir=""
+stop_mps() {
+  [ -n "$mps_dir" ] || return 0
+  echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  mps_dir=""
+}
+start_mps() {
+  [ "$cuda" = 1 ] && [ "$mps" = 1 ] || return 0
+  local why="nvidia-cuda-mps-control not found"
+  if command -v nvidia-cuda-mps-control >/dev/null; then
+    mps_dir=$(mktemp -d "${TMPDIR:-/tmp}/paper_unet_mps.XXXXXX")
+    export CUDA_MPS_PIPE_DIRECTORY="$mps_dir/pipe" CUDA_MPS_LOG_DIRECTORY="$mps_dir/log"
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    why="the daemon did not start"
+    if nvidia-cuda-mps-control -d >/dev/null 2>&1; then
+      why="no CUDA client reached its server (log: $mps_dir/log)"
+      if timeout 60 "$py" -c 'import torch; torch.ones(1, device="cuda").sum().item()' >/dev/null 2>&1 \
+          && [ -n "$(echo get_server_list | nvidia-cuda-mps-control 2>/dev/null)" ]; then
+        echo "run_isbi.sh: CUDA MPS started for this run: the processes' kernels share the GPU at once" >&2
+        return 0
+      fi
+    fi
+    stop_mps
+  fi
+  echo "run_isbi.sh: no CUDA MPS ($why): the processes share the GPU by time-slicing" >&2
+}
+trap stop_mps EXIT
 if [ "$parallel_folds" = 1 ]; then
+  start_mps
   pids=()
   for ((k = 0; k < folds; k++)); do
     CUDA_VISIBLE_DEVICES=$((k % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet
