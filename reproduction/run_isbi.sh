@@ -150,38 +150,11 @@ failed() {  # a child's non-zero exit status: a clean stop on a signal, or a fai
     exit "$1"; }
   die "$2 failed (exit $1); run the same command again to resume"
 }
-# CUDA MPS for --parallel-folds: one server per run, in its own folder, stopped on exit. A machine where the
-# daemon cannot start, or where no client reaches it (containers often hide it), falls back to time-slicing.
-mps_dir=""
-stop_mps() {
-  [ -n "$mps_dir" ] || return 0
-  echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true
-  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-  mps_dir=""
-}
-start_mps() {
-  [ "$cuda" = 1 ] && [ "$mps" = 1 ] || return 0
-  local why="nvidia-cuda-mps-control not found"
-  if command -v nvidia-cuda-mps-control >/dev/null; then
-    mps_dir=$(mktemp -d "${TMPDIR:-/tmp}/paper_unet_mps.XXXXXX")
-    export CUDA_MPS_PIPE_DIRECTORY="$mps_dir/pipe" CUDA_MPS_LOG_DIRECTORY="$mps_dir/log"
-    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    why="the daemon did not start"
-    if nvidia-cuda-mps-control -d >/dev/null 2>&1; then
-      why="no CUDA client reached its server (log: $mps_dir/log)"
-      if timeout 60 "$py" -c 'import torch; torch.ones(1, device="cuda").sum().item()' >/dev/null 2>&1 \
-          && [ -n "$(echo get_server_list | nvidia-cuda-mps-control 2>/dev/null)" ]; then
-        echo "run_isbi.sh: CUDA MPS started for this run: the processes' kernels share the GPU at once" >&2
-        return 0
-      fi
-    fi
-    stop_mps
-  fi
-  echo "run_isbi.sh: no CUDA MPS ($why): the processes share the GPU by time-slicing" >&2
-}
+# CUDA MPS for --parallel-folds (reproduction/mps.sh), stopped on exit
+source reproduction/mps.sh
 trap stop_mps EXIT
 if [ "$parallel_folds" = 1 ]; then
-  start_mps
+  if [ "$cuda" = 1 ] && [ "$mps" = 1 ]; then start_mps "$py"; fi
   pids=()
   for ((k = 0; k < folds; k++)); do
     CUDA_VISIBLE_DEVICES=$((k % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet

@@ -126,3 +126,48 @@ def test_gpu_session_sizes_the_run_from_the_measured_step_rates_and_the_time_lef
                           env=dict(os.environ, PAPER_UNET_PYTHON=sys.executable))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:3] == ["scope=fold2", "iterations=50000", "variant=E"]
+
+
+@pytest.mark.parametrize("daemon, client, servers, expected", [
+    (None, None, None, "no CUDA MPS (nvidia-cuda-mps-control not found)"),
+    ("exit 1", "exit 0", "", "no CUDA MPS (the daemon did not start)"),
+    ("exit 0", "exit 1", "", "no CUDA MPS (no CUDA process reached its server)"),
+    ("exit 0", "exit 0", "", "no CUDA MPS (no CUDA process reached its server)"),
+    ("exit 0", "exit 0", "4242", "CUDA MPS started for this run"),
+])
+def test_mps_starts_only_where_a_cuda_process_reaches_it(tmp_path, daemon, client, servers, expected):
+    """reproduction/mps.sh with stand-ins for nvidia-cuda-mps-control (its -d, get_server_list and quit)
+    and for the CUDA client: each branch says what happened; on a fallback no daemon folder or variable
+    is left, on success the variables point into the run's folder until stop_mps quits the daemon."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    if daemon is not None:
+        control = bin_dir / "nvidia-cuda-mps-control"
+        control.write_text(f"""#!/bin/bash
+if [ "$1" = -d ]; then echo daemon >> {calls}; {daemon}; fi
+read -r command || true
+[ -n "$command" ] && echo "$command" >> {calls}
+[ "$command" = get_server_list ] && echo -n "{servers}"
+exit 0
+""")
+        control.chmod(0o755)
+    client_py = tmp_path / "python"
+    client_py.write_text(f"#!/bin/bash\necho client >> {calls}\n{client or 'exit 0'}\n")
+    client_py.chmod(0o755)
+    script = (f"source {REPO}/reproduction/mps.sh; start_mps {client_py}; "
+              'echo "pipe=${CUDA_MPS_PIPE_DIRECTORY:-}"; stop_mps; echo "after=${CUDA_MPS_PIPE_DIRECTORY:-}"')
+    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", TMPDIR=str(tmp_path))
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stderr
+    lines = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert lines["after"] == ""
+    assert not list(tmp_path.glob("paper_unet_mps.*"))  # nothing left behind
+    log = calls.read_text().split() if calls.exists() else []
+    if servers:
+        assert lines["pipe"].startswith(str(tmp_path / "paper_unet_mps.")) and lines["pipe"].endswith("/pipe")
+        assert log == ["daemon", "client", "get_server_list", "quit"]
+    else:
+        assert lines["pipe"] == ""
+        assert log[-1:] == (["quit"] if daemon else [])
