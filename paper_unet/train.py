@@ -242,16 +242,9 @@ def _stop_now(stop: StopFlag, world: int, logged: bool, device: torch.device) ->
     return logged and reduce_min(0.0 if stop.requested else 1.0, device) == 0.0
 
 
-def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *, val_images, val_labels,
-           resume: bool, progress: bool, stop_after: int | None, init_from, from_previous: bool,
-           stop: StopFlag) -> TrainResult:
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    rank, world, local_rank = distributed()
-    main = rank == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+def _training_device(config: Config) -> torch.device:
+    """The device this process trains on (under DDP on CUDA: its own GPU)."""
+    _, world, local_rank = distributed()
     device = resolve_device(config.run.device)
     if device.type == "cuda" and world > 1:
         if local_rank >= torch.cuda.device_count():
@@ -261,21 +254,91 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
                                f"(--device cpu)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    o, r = config.optim, config.run
-    fast = resolve_fast_path(r.bf16, r.channels_last, device)  # "auto": chosen for this device
-    levers = resolve_levers(r, device, world)
-    torch.manual_seed(r.seed)  # the same initial weights on every rank
-    model = build_model(config).to(device)
-    if world > 1:
-        torch.manual_seed(r.seed + 1_000_003 * rank)  # rank-specific dropout masks
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, o, levers)
-    start, best, seconds_before = 0, math.inf, 0.0
-    # running: loss sum of the current log interval, count: its steps; start_loss / smoothed: the
-    # divergence check; flat: log intervals in a row with a constant output (the collapse check)
-    monitors = {"running": 0.0, "count": 0, "start_loss": None, "smoothed": None, "flat": 0,
-                "last_loss": math.nan}
+    return device
+
+
+class _Records:
+    """What a run keeps beside its steps: the loss monitors and train_log.csv, validation (val_log.csv,
+    ``best.pt``) and the checkpoints. Rank 0 writes; the checkpoint's RNG gathering is collective."""
+
+    def __init__(self, out: Path, config: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, fast: FastPath, levers: Levers, state: dict | None, init_from) -> None:
+        self.rank, self.world, _ = distributed()
+        self.main = self.rank == 0
+        self.out, self.config, self.model, self.optimizer, self.device = out, config, model, optimizer, device
+        self.fast, self.levers, self.init_from = fast, levers, init_from
+        self.start, self.best, self.seconds_before = 0, math.inf, 0.0
+        # running: loss sum of the current log interval, count: its steps; start_loss / smoothed: the
+        # divergence check; flat: log intervals in a row with a constant output (the collapse check)
+        self.m = {"running": 0.0, "count": 0, "start_loss": None, "smoothed": None, "flat": 0, "last_loss": math.nan}
+        if state is not None:
+            self.start, self.best, self.seconds_before = state["iteration"], state["best_rand_error"], state["seconds"]
+            self.m = state.get("monitors", self.m)  # absent in checkpoints before 0.2: restart them
+        self.running: torch.Tensor | None = None  # the step's device loss sum (`attach`)
+        self.log = _CsvLog(out / "train_log.csv", LOG_FIELDS, self.start) if self.main else None
+        self.val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, self.start) if self.main else None
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def checkpoint(self, path: Path, iteration: int, gather: bool = True) -> None:
+        """Rank 0 writes; with ``gather`` (collective: every rank calls it) all ranks' RNG states."""
+        rng = [_rng_state(self.device)]
+        if self.world > 1 and gather:  # every rank's RNG, so that a resumed run continues each stream exactly
+            import torch.distributed as dist
+
+            rng = [None] * self.world
+            dist.all_gather_object(rng, {k: v.cpu() for k, v in _rng_state(self.device).items()})
+        if self.main:
+            save_checkpoint(path, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "iteration": iteration, "best_rand_error": self.best, "config": self.config.to_dict(),
+                "rng": rng, "world_size": self.world, "monitors": self.monitors(),
+                "fast_path": self.fast.as_dict(), "levers": asdict(self.levers), "seconds": self.seconds(),
+                "version": __version__, "torch": str(torch.__version__),
+                "init_from": str(self.init_from) if self.init_from is not None else None},
+                keep_previous=path.name == "last.pt")
+
+    def monitors(self) -> dict:
+        return {**self.m, "running": float(self.running)}
+
+    def end_of_interval(self, iteration: int, lr: float, logits: torch.Tensor, bar) -> None:
+        """The log interval's one host sync: its mean loss (averaged over ranks), the stop checks, the log."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(self.running)
+            self.running /= self.world
+        last_loss = self.m["last_loss"] = self.running.item() / self.m["count"]
+        self.running.zero_()
+        self.m["count"] = 0
+        _stop_checks(self.m, last_loss, logits, self.world, self.config.optim, iteration)
+        if self.main:
+            self.log.write({"iteration": iteration, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
+                            "seconds": f"{self.seconds():.1f}"})
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:g}")
+
+    def validate(self, iteration: int, images: np.ndarray, labels: np.ndarray) -> None:
+        """Rank 0: the validation errors into val_log.csv, and ``best.pt`` at a new best Rand error."""
+        scores = validate(self.model, images, labels, self.device)
+        self.val_log.write({"iteration": iteration, **{k: f"{v:.6f}" for k, v in scores.items()},
+                            "seconds": f"{self.seconds():.1f}"})
+        if scores["rand_error"] < self.best:
+            self.best = scores["rand_error"]
+            self.checkpoint(self.out / "best.pt", iteration, gather=False)  # rank 0 only: no collective
+        self.model.train()
+
+    def close(self) -> None:
+        if self.main:
+            self.log.close()
+            self.val_log.close()
+
+
+def _start_state(config: Config, out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, resume: bool, init_from, from_previous: bool) -> dict | None:
+    """Load what the run starts from: the checkpoint to resume (returned), else ``init_from``'s weights."""
+    rank, world, _ = distributed()
     last = out / "last.pt"
     if resume and (last.is_file() or from_previous):
         state = _resume_state(last, device, from_previous)
@@ -289,94 +352,75 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
         optimizer.load_state_dict(state["optimizer"])
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # 0.1.0 wrote one dict
         _set_rng_state(rng[rank], device)
-        start, best, seconds_before = state["iteration"], state["best_rand_error"], state["seconds"]
-        monitors = state.get("monitors", monitors)  # absent in checkpoints before 0.2: restart them
-        if main:
-            print(f"resuming {out} from iteration {start}", file=sys.stderr)
-    else:
-        if resume and main:
-            print(f"no checkpoint in {out}: starting {'from ' + str(init_from) if init_from else 'from scratch'}",
-                  file=sys.stderr)
-        if init_from is not None:
-            load_weights(model, init_from, device)
+        if rank == 0:
+            print(f"resuming {out} from iteration {state['iteration']}", file=sys.stderr)
+        return state
+    if resume and rank == 0:
+        print(f"no checkpoint in {out}: starting {'from ' + str(init_from) if init_from else 'from scratch'}",
+              file=sys.stderr)
+    if init_from is not None:
+        load_weights(model, init_from, device)
+    return None
+
+
+def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *, val_images, val_labels,
+           resume: bool, progress: bool, stop_after: int | None, init_from, from_previous: bool,
+           stop: StopFlag) -> TrainResult:
+    from tqdm import tqdm
+
+    rank, world, local_rank = distributed()
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    device = _training_device(config)
+    o, r = config.optim, config.run
+    fast = resolve_fast_path(r.bf16, r.channels_last, device)  # "auto": chosen for this device
+    levers = resolve_levers(r, device, world)
+    torch.manual_seed(r.seed)  # the same initial weights on every rank
+    model = build_model(config).to(device)
+    if world > 1:
+        torch.manual_seed(r.seed + 1_000_003 * rank)  # rank-specific dropout masks
+    if fast.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, o, levers)
+    state = _start_state(config, out, model, optimizer, device, resume, init_from, from_previous)
     if main:
         _record_run(out, config, fast, levers)
+    train_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    else:
-        train_model = model
-
     sampler = training_sampler(config, images, labels, device, o.iterations * o.batch_size, stream=rank)
-    log = _CsvLog(out / "train_log.csv", LOG_FIELDS, start) if main else None
-    val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, start) if main else None
-    m = monitors
+    rec = _Records(out, config, model, optimizer, device, fast, levers, state, init_from)
     step = TrainingStep(torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model, optimizer,
                         sampler, batch_size=o.batch_size, weight_map=config.data.weight_map, fast=fast,
                         graph=levers.cuda_graph, compiled_graphs=r.compile and r.compile_mode == "reduce-overhead",
-                        running=m["running"])
-    running = step.running  # the loss sum of the log interval, on the device
-    started = time.perf_counter()
+                        running=rec.m["running"])
+    rec.running = step.running  # the loss sum of the log interval, on the device
     end = o.iterations if stop_after is None else min(o.iterations, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=o.iterations, disable=not (progress and main),
+    bar = tqdm(range(rec.start, end), initial=rec.start, total=o.iterations, disable=not (progress and main),
                desc=f"train {out.name}", file=sys.stderr, dynamic_ncols=True)
-
-    def checkpoint(path: Path, iteration: int, gather: bool = True) -> None:
-        """Rank 0 writes; with ``gather`` (collective: every rank calls it) all ranks' RNG states."""
-        rng = [_rng_state(device)]
-        if world > 1 and gather:  # every rank's RNG, so that a resumed run continues each stream exactly
-            rng = [None] * world
-            dist.all_gather_object(rng, {k: v.cpu() for k, v in _rng_state(device).items()})
-        if main:
-            save_checkpoint(path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "iteration": iteration, "best_rand_error": best, "config": config.to_dict(),
-                "rng": rng, "world_size": world, "monitors": {**m, "running": float(running)},
-                "fast_path": fast.as_dict(), "levers": asdict(levers),
-                "seconds": seconds_before + time.perf_counter() - started,
-                "version": __version__, "torch": str(torch.__version__),
-                "init_from": str(init_from) if init_from is not None else None}, keep_previous=path == last)
-
+    last = out / "last.pt"
     try:
         for it in bar:
             lr = learning_rate(config, it)
             step(it, lr)
-            m["count"] += 1
+            rec.m["count"] += 1
             logged = (it + 1) % r.log_every == 0 or it + 1 == end
             if logged:  # one host sync per log interval
-                if world > 1:
-                    dist.all_reduce(running)
-                    running /= world
-                last_loss = m["last_loss"] = running.item() / m["count"]
-                running.zero_()
-                m["count"] = 0
-                _stop_checks(m, last_loss, step.logits, world, o, it + 1)
-                if main:
-                    log.write({"iteration": it + 1, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
-                               "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:g}")
-            if main and val_images is not None and (
-                    (it + 1) % r.validate_every == 0 or it + 1 == o.iterations):
-                scores = validate(model, val_images, val_labels, device)
-                val_log.write({"iteration": it + 1, **{k: f"{v:.6f}" for k, v in scores.items()},
-                               "seconds": f"{seconds_before + time.perf_counter() - started:.1f}"})
-                if scores["rand_error"] < best:
-                    best = scores["rand_error"]
-                    checkpoint(out / "best.pt", it + 1, gather=False)  # rank 0 only: no collective
-                model.train()
+                rec.end_of_interval(it + 1, lr, step.logits, bar)
+            if main and val_images is not None and ((it + 1) % r.validate_every == 0 or it + 1 == o.iterations):
+                rec.validate(it + 1, val_images, val_labels)
             saved = (it + 1) % r.checkpoint_every == 0 or it + 1 == o.iterations
             if saved:
-                checkpoint(last, it + 1)
+                rec.checkpoint(last, it + 1)
             if it + 1 < end and _stop_now(stop, world, logged, device):  # a signal: save, then stop
                 if not saved:
-                    checkpoint(last, it + 1)
+                    rec.checkpoint(last, it + 1)
                 stop.check(f"checkpoint {last} holds iteration {it + 1} of {o.iterations}; run the same command "
                            f"again to resume (paper-unet train: with --resume)")
     finally:
         bar.close()
-        if main:
-            log.close()
-            val_log.close()
-    return TrainResult(out, end, m["last_loss"], best, seconds_before + time.perf_counter() - started, model,
-                       {**m, "running": float(running)})
+        rec.close()
+    return TrainResult(out, end, rec.m["last_loss"], rec.best, rec.seconds(), model, rec.monitors())
