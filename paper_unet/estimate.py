@@ -43,19 +43,25 @@ def time_step(config: Config, images: np.ndarray, labels: np.ndarray, device: to
     rate is measured separately). With ``budget_s``, ``steps`` is lowered (not below 2) so that the
     timed steps take about that long, judged by the last warm-up step. The caller's RNG state is
     left as it was. ``timings`` (a dict) receives ``setup_s``: building the network and the sampler
-    (its weight maps), which every training run pays once.
+    (its weight maps), which every training run pays once. The step's levers apply as in the run
+    (``run.cudnn_benchmark``, ``run.fused_sgd``), except ``run.cuda_graph``: its step is timed eagerly
+    (with the fused SGD it implies), so a graph run's estimate errs long.
     """
     from paper_unet.checkpoint import build_model
+    from paper_unet.step import Levers, cudnn_benchmark, make_optimizer
     from paper_unet.train import train_step, training_sampler
 
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    r = config.run
+    levers = Levers(cudnn_benchmark=r.cudnn_benchmark, fused_sgd=r.fused_sgd or r.cuda_graph)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            cudnn_benchmark(levers.cudnn_benchmark):
         setup = time.perf_counter()
         torch.manual_seed(config.run.seed)
         model = build_model(config).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum)
+        optimizer = make_optimizer(model, config.optim, levers)
         mode = compile if isinstance(compile, str) else "default"
         step_model = torch.compile(model, mode=mode) if compile else model
         sampler = training_sampler(config, images, labels, device, warmup + steps)
