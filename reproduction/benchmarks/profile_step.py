@@ -23,7 +23,8 @@ wall ms/step (warm-up, then --steps timed steps, synchronised), GPU-busy ms/step
 issue one step), GPU time by kernel category (convolution forward / input-grad / weight-grad, layout
 transposes, elementwise, pool and concatenation, loss, optimizer, sampler, copies), the convolutions'
 TFLOP/s against the dtype's peak (--peak-tf32, --peak-bf16: an H100 SXM's and an H200's dense rates),
-peak memory. One JSON (--out) and a markdown table, written to results/performance.md unless --no-write.
+peak memory. One JSON (--out; rewritten after every variant) and a markdown table, written to
+results/performance.md unless --no-write.
 
 On a CPU (--device cpu --quick: width 4, tile 188, a few steps) every variant runs, without what only
 CUDA has: B is A, the graph variants run their static-buffer step eagerly, G1 and G2 are skipped,
@@ -237,12 +238,12 @@ def main() -> int:
         del networks
         if cuda:
             torch.cuda.empty_cache()
-    report = {"device": str(device), "machine": machine(), "width": width, "tile": tile, "steps": steps,
-              "warmup": warmup, "profile_steps": profile_steps, "forward_gflop": flops / 3 / 1e9,
-              "variants": results}
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        report = {"device": str(device), "machine": machine(), "width": width, "tile": tile, "steps": steps,
+                  "warmup": warmup, "profile_steps": profile_steps, "forward_gflop": flops / 3 / 1e9,
+                  "variants": results}
+        if args.out:  # after every variant: a run cut off by a time limit keeps what it measured
+            with open(args.out, "w") as handle:
+                json.dump(report, handle, indent=2)
     body = table(report)
     title = f"Training step profile, lever by lever (profile_step.py, {'CUDA GPU' if cuda else 'CPU'}" + (
         ", quick)" if args.quick else ")")
