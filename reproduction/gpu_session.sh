@@ -6,10 +6,10 @@
 #   here, once:  bash reproduction/gpu_session.sh prepare
 #                copies ../shared (the ISBI stacks, the metric references) to .gpu_shared/, which git
 #                ignores and the device call carries (carry: [".gpu_shared"]), and prints the two calls
-#   call 1:      bash reproduction/gpu_session.sh first SECONDS OUTDIR        (timeout_s about 590)
+#   call 1:      bash reproduction/gpu_session.sh first SECONDS OUTDIR        (620 and timeout_s 590)
 #                1. versions and the GPU (env.txt)
-#                2. the CUDA tests alone, capped at 120 s, failures in full (tests_cuda.log)
-#                3. profile_step.py, capped at 200 s: the step lever by lever (profile_step.json,
+#                2. the CUDA tests alone, capped at 90 s, failures in full (tests_cuda.log)
+#                3. profile_step.py, capped at 150 s: the step lever by lever (profile_step.json,
 #                   performance.md with its section)
 #                4. the plan (gpu_plan.py: the whole reproduction, else fold 2 as shipped, else fold 2
 #                   shortened), sized to end SECONDS after this call started (plan.txt)
@@ -17,13 +17,15 @@
 #                6. its progress, copied into OUTDIR every 20 s until 560 s after the start
 #                   (progress.txt; val_logs.txt: every validation so far), so a cut-off loses nothing;
 #                   a run that ended by then is packed as by `finish`
-#   call 2:      bash reproduction/gpu_session.sh finish OUTDIR [SECONDS]    (timeout_s about 200)
-#                follows the run to its end (at most SECONDS, default 180), then packs its logs, scores
+#   call 2:      bash reproduction/gpu_session.sh finish OUTDIR [SECONDS]    (timeout_s 150)
+#                follows the run to its end (at most SECONDS, default 100), then packs its logs, scores
 #                and report into OUTDIR/run.tgz (no checkpoints, no probability maps)
 #   bash reproduction/gpu_session.sh plan PROFILE_JSON SECONDS   # only print what `first` would run
 #
 # Call 2 must follow call 1 within the machine's idle time (30 s on an H200): a machine given back in
-# between takes the run with it; what call 1 copied into OUTDIR came back all the same.
+# between takes the run with it; what call 1 copied into OUTDIR came back all the same. The budget, for a
+# start of 2-3 minutes: call 1 560 s + call 2 up to 100 s + transfers, about 14 of the 15 minutes; the run
+# gets what the tests and the profile leave of its 620 s (typically 400-450 s).
 # Environment: PAPER_UNET_PYTHON (the interpreter with torch; default python3), PAPER_UNET_SHARED (the
 # folder holding data/isbi2012 and metrics_reference; default .gpu_shared, else ../shared).
 # Nothing is written to tracked paths except results/performance.md (profile_step.py's section, copied
@@ -71,8 +73,8 @@ case "${1:-}" in
     cp -r "$src/data/isbi2012" .gpu_shared/data/ && cp -r "$src/metrics_reference" .gpu_shared/
     grep -qx '/.gpu_shared/' .git/info/exclude 2>/dev/null || echo '/.gpu_shared/' >> .git/info/exclude
     du -sh .gpu_shared
-    echo "call 1: run(command='bash reproduction/gpu_session.sh first 640 \$OUT', carry=['.gpu_shared'], timeout_s=590)"
-    echo "call 2, at once: run(command='bash reproduction/gpu_session.sh finish \$OUT', carry=['.gpu_shared'], timeout_s=200)"
+    echo "call 1: run(command='bash reproduction/gpu_session.sh first 620 \$OUT', carry=['.gpu_shared'], timeout_s=590)"
+    echo "call 2, at once: run(command='bash reproduction/gpu_session.sh finish \$OUT', carry=['.gpu_shared'], timeout_s=150)"
     ;;
   first)
     seconds="${2:?first needs SECONDS: from now to the end of the run}" out="${3:?first needs OUTDIR}"
@@ -81,9 +83,9 @@ case "${1:-}" in
     { date -u; nvidia-smi; "$py" -c "import torch, numpy, scipy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'numpy', numpy.__version__, 'scipy', scipy.__version__); print(torch.cuda.get_device_name(0))"; } > "$out/env.txt" 2>&1
     cat "$out/env.txt"
     # SIGINT: pytest still prints its failure summary when the cap is reached
-    timeout -s INT 120 "$py" -m pytest -q -p no:cacheprovider -m cuda -rfE --tb=short > "$out/tests_cuda.log" 2>&1
+    timeout -s INT 90 "$py" -m pytest -q -p no:cacheprovider -m cuda -rfE --tb=short > "$out/tests_cuda.log" 2>&1
     echo "CUDA tests exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests_cuda.log" | tail -15
-    timeout -s INT 200 "$py" reproduction/benchmarks/profile_step.py --device cuda --out "$out/profile_step.json" \
+    timeout -s INT 150 "$py" reproduction/benchmarks/profile_step.py --device cuda --out "$out/profile_step.json" \
       > "$log/profile_step.log" 2>&1
     echo "profile_step exit $?"; grep -v "^USDT\|SyncActivityProfiler" "$log/profile_step.log" | tail -20
     cp results/performance.md "$out/performance.md"
@@ -107,7 +109,7 @@ case "${1:-}" in
   finish)
     out="${2:?finish needs OUTDIR}"
     mkdir -p "$out"
-    follow $((started + ${3:-180})) "$out"
+    follow $((started + ${3:-100})) "$out"
     running && echo "the run is still going: packing what it has written so far"
     pack "$out"
     ;;

@@ -94,12 +94,12 @@ def test_gpu_session_sizes_the_run_from_the_measured_step_rates_and_the_time_lef
     """reproduction/gpu_plan.py (what `gpu_session.sh first` runs, from profile_step.py's JSON), hand-checked:
     - 1,000 s left, eager H 87.1, I 95.0, graph E 140.0 steps/s: the whole run needs 200,000 / (1,000 - 240)
       = 263 aggregate steps/s; the best aggregate is E's 140 x 1.0 (I's 95 x 1.2 = 114) -> not the whole run;
-      fold 2 as shipped needs 50,000 / (1,000 - 150) = 58.8 steps/s, E gives 140 -> fold2 with E's overrides,
-      expected 50,000 / 140 + 150 = 507 s;
+      fold 2 as shipped needs 50,000 / (1,000 - 120) = 56.8 steps/s, E gives 140 -> fold2 with E's overrides,
+      expected 50,000 / 140 + 120 = 477 s;
     - 3,000 s left: 200,000 / 2,760 = 72.5 needed, 140 reached -> the whole run (E), 200,000 / 140 + 240 = 1,669 s;
-    - 400 s left, only H measured (E failed): fold 2 needs 50,000 / 250 = 200 > 87.1 -> shortened to
-      87.1 x 250 = 21,775 -> 21,000 steps;
-    - 155 s left: 87.1 x 5 = 435 steps < 1,000 -> refused; no candidate measured -> refused."""
+    - 400 s left, only H measured (E failed): fold 2 needs 50,000 / 280 = 178.6 > 87.1 -> shortened to
+      87.1 x 280 = 24,388 -> 24,000 steps;
+    - 125 s left: 87.1 x 5 = 435 steps < 1,000 -> refused; no candidate measured -> refused."""
     import json
     sys.path.insert(0, str(REPO / "reproduction"))
     from gpu_plan import choose
@@ -108,15 +108,15 @@ def test_gpu_session_sizes_the_run_from_the_measured_step_rates_and_the_time_lef
     plan = choose(profile, 1000)
     assert (plan.scope, plan.iterations, plan.variant) == ("fold2", 50_000, "E")
     assert plan.overrides == ["run.cudnn_benchmark=true", "run.cuda_graph=true"]
-    assert round(plan.expected_s) == 507 and "263 aggregate steps/s" in plan.note
+    assert round(plan.expected_s) == 477 and "263 aggregate steps/s" in plan.note
     whole = choose(profile, 3000)
     assert (whole.scope, whole.iterations, whole.variant, round(whole.expected_s)) == ("full", 50_000, "E", 1669)
     failed = {"variants": {"H": {"steps_per_s": 87.1}, "E": {"error": "RuntimeError: capture failed"}}}
     short = choose(failed, 400)
-    assert (short.scope, short.iterations, short.variant, short.overrides) == ("fold2-shortened", 21_000, "H", [])
-    assert "would need 200 steps/s" in short.note
+    assert (short.scope, short.iterations, short.variant, short.overrides) == ("fold2-shortened", 24_000, "H", [])
+    assert "would need 179 steps/s" in short.note
     with pytest.raises(ValueError, match="too little time"):
-        choose(failed, 155)
+        choose(failed, 125)
     with pytest.raises(ValueError, match="none of the variants"):
         choose({"variants": {"A": {"steps_per_s": 100.0}}}, 1000)
     # the shell's entry point prints the same plan as KEY=VALUE lines, which `first` reads
