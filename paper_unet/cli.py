@@ -121,6 +121,29 @@ def _device(name: str):
     return resolve_device(name)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from paper_unet.images import read_images
+
+    if args.sample:
+        sample, _ = read_images(args.sample, channel=args.channel, what="sample")
+    else:
+        from paper_unet.data import read_stack, resolve_data_dir
+
+        path = resolve_data_dir(args.data_dir) / "train-volume.tif"
+        if not path.is_file():
+            raise FileNotFoundError(f"no --sample given and no ISBI 2012 training stack at {path}: pass --sample "
+                                    f"IMAGE (an image like the training images), or --data-dir DIR")
+        sample = read_stack(path, "ISBI 2012 training stack")
+    from paper_unet.export import INSTALL_HINT, export_bioimageio
+
+    try:
+        package = export_bioimageio(args.checkpoint, args.output, sample=sample, name=args.name, authors=args.author)
+    except ImportError as error:
+        raise RuntimeError(INSTALL_HINT) from error
+    print(f"wrote {package}: a bioimage.io model package (spec 0.5); check it with `bioimageio test {package}`")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -385,6 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--command-line", help=argparse.SUPPRESS)
     reproduce.add_argument("--started-at", type=float, help=argparse.SUPPRESS)  # time.time() of the whole run
     reproduce.set_defaults(func=_reproduce)
+
+    export = commands.add_parser(
+        "export", help="share a trained network as a bioimage.io model (Fiji/deepImageJ, ilastik, QuPath, napari)",
+        description="Write a checkpoint's network as a BioImage Model Zoo package (bioimage.io model spec 0.5, a "
+                    ".zip): TorchScript weights that predict what `paper-unet predict` predicts without TTA for "
+                    "images whose sides are multiples of 16 px, with the training normalisation where bioimage.io "
+                    "can express it, a test input and output, a cover and a README. Needs the optional extra: "
+                    'pip install "paper_unet[bioimageio]".')
+    export.add_argument("--checkpoint", required=True, help="a paper_unet checkpoint (last.pt or best.pt)")
+    export.add_argument("--output", required=True, help="the package to write, MODEL.zip")
+    export.add_argument("--format", choices=["bioimageio"], default="bioimageio", help="the package format")
+    export.add_argument("--sample", help="a raw image like the training images (TIFF/PNG, 2-D or a stack: its first "
+                                         "slice), the package's test input; default: the ISBI 2012 training "
+                                         "stack from --data-dir")
+    export.add_argument("--data-dir", help="ISBI 2012 stacks, for the default sample (default: $PAPER_UNET_DATA, "
+                                           "else the download cache)")
+    add_input_options(export)
+    export.add_argument("--name", help="the model's name in the package (letters, digits, spaces, _+-())")
+    export.add_argument("--author", action="append", help="an author of the model (repeatable)")
+    export.set_defaults(func=_export)
 
     estimate = commands.add_parser(
         "estimate", help="how long `reproduce` will take on this machine (measures a few steps)",

@@ -30,8 +30,10 @@ def pyproject() -> dict:
 
 def test_every_dependency_is_pinned_exactly():
     project = pyproject()["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    deps = project["dependencies"] + [d for extra in extras.values() for d in extra]
     assert all("==" in d for d in deps), [d for d in deps if "==" not in d]
+    assert set(extras["bioimageio"]) <= set(extras["test"])  # CI, which installs [test], tests the export
 
 
 def test_environment_yml_pins_match_pyproject():

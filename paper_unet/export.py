@@ -1,0 +1,279 @@
+"""A trained network as a BioImage Model Zoo package (bioimage.io model spec 0.5), for Fiji
+(deepImageJ), ilastik, QuPath, napari and bioimageio.core: the field's way to share a model, as the
+paper's authors did with their Fiji plugin.
+
+The package holds the network as TorchScript (`torch.jit.trace`), wrapped so that it predicts exactly
+what ``paper-unet predict`` predicts without TTA (`tiling.predict`: overlap-tile with mirrored context)
+for any image whose sides are multiples of the pooling period (16 px at depth 5):
+
+- the unpadded network shrinks its input by 2 x 92 px (depth 5). Written literally as an output
+  offset, bioimage.io consumers could not tile it (bioimageio.core 0.11's tiled prediction failed and
+  deepImageJ reads offsets by an older rule). So the exported module mirror-pads inside (reflect: 92
+  px before, 92 + r after, r making the padded side a valid input size; r = 4 at depth 5), applies
+  the softmax, and crops back: output size = input size. It returns P(cell), one channel;
+- its ``halo`` is the 92-px context rounded up to the 16-px period (96), so that a consumer's tiles
+  stay on the network's pooling grid and each kept output pixel has its whole context; the input's
+  ``pad: reflect`` gives the image borders the same mirrored context as ``predict``;
+- input sizes ``min + n x 16``, with ``min`` the first multiple of 16 above 2 x halo (208).
+
+The checkpoint's intensity normalisation goes into the package where bioimage.io can express it
+exactly: ``dtype`` normalisation as ``scale_linear`` (1/255 for uint8, 1/65535 for uint16; the sample
+image's type decides, so pass a sample like the training images). ``minmax`` and ``percentile`` are
+per-stack statistics that no bioimage.io step reproduces: the package then takes images already in
+[0, 1] and its README says how to normalise them. The input tensor's data type is float32, what it
+is after preprocessing; consumers cast integer images to it first.
+
+The package also holds a real test input (the sample, cropped to the 16-px grid) with the test
+output of the project's own predict on it, a cover (input beside P(cell)), a README (method,
+training data, scores when the run folder has them, a Validation section, citations) and no URL
+in rdf.yaml (bioimage.io's validation would try to reach each).
+
+Needs the optional extra: ``pip install "paper_unet[bioimageio]"`` (bioimageio.core 0.11.0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+
+from paper_unet import __version__
+
+__all__ = ["PredictionModule", "export_bioimageio", "package_geometry", "INSTALL_HINT"]
+
+INSTALL_HINT = ('the bioimage.io export needs the optional extra: pip install "paper_unet[bioimageio]" '
+                "(bioimageio.core 0.11.0 and the spec it needs)")
+PAPER_DOI = "10.1007/978-3-319-24574-4_28"  # Ronneberger, Fischer & Brox, MICCAI 2015
+ISBI_DOI = "10.3389/fnana.2015.00142"  # Arganda-Carreras et al. 2015, the ISBI 2012 challenge
+DATA_DOI = "10.1371/journal.pbio.1000502"  # Cardona et al. 2010, the ssTEM stack
+
+
+class PredictionModule(torch.nn.Module):
+    """The unpadded network with its mirrored context inside: (N, C, H, W) in [0, 1], H and W
+    multiples of the pooling period -> (N, 1, H, W) P(cell), as `tiling.predict` computes it."""
+
+    def __init__(self, network: torch.nn.Module, before: int, after: int) -> None:
+        super().__init__()
+        self.network, self.before, self.after = network, before, after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (self.before, self.after, self.before, self.after), mode="reflect")
+        probabilities = torch.softmax(self.network(padded), dim=1)[:, 1:2]
+        extra = self.after - self.before  # the output is that much larger than the input
+        return probabilities[..., : probabilities.shape[-2] - extra, : probabilities.shape[-1] - extra]
+
+
+def package_geometry(depth: int) -> dict:
+    """Padding and sizes of the package for a network of ``depth``: period, context, the extra
+    padding r after, halo, and the smallest input side."""
+    from paper_unet.tiling import context, is_valid_input_size
+
+    period = 2 ** (depth - 1)
+    margin = context(depth)
+    extra = next(r for r in range(period) if is_valid_input_size(period * 64 + 2 * margin + r, depth))
+    halo = math.ceil(margin / period) * period
+    return {"period": period, "context": margin, "extra": extra, "halo": halo,
+            "min_size": (2 * halo // period + 1) * period}
+
+
+def _preprocessing(method: str, sample: np.ndarray) -> tuple[float | None, str]:
+    """(gain of scale_linear or None, what the README says about intensities)."""
+    if method == "dtype" and sample.dtype.kind in "ui":
+        top = np.iinfo(sample.dtype).max
+        return 1.0 / top, (f"{sample.dtype} images, divided by {top} inside the package (the checkpoint's "
+                           f"`dtype` normalisation); give them as they are")
+    if method == "dtype":
+        return None, "float images already in [0, 1] (the checkpoint's `dtype` normalisation of float data)"
+    return None, (f"images normalised to [0, 1] **before** they are given to the model: the checkpoint was "
+                  f"trained with `{method}` normalisation (per stack: "
+                  + ("minimum to 0, maximum to 1" if method == "minmax" else
+                     "the 1st percentile to 0, the 99.8th to 1, clipped") +
+                  "), which no bioimage.io preprocessing step reproduces. `paper_unet.images.normalize(stack, "
+                  f"'{method}')` does it in Python")
+
+
+def _sample_slice(sample: np.ndarray, period: int, min_size: int) -> np.ndarray:
+    """The first slice of ``sample``, cropped to the largest multiple of the period per side (at most 512)."""
+    image = sample[0] if sample.ndim == 3 else sample
+    if image.ndim != 2:
+        raise ValueError(f"the sample must be one 2-D image or a stack (Z, H, W), got shape {sample.shape}")
+    sides = [min(512, side // period * period) for side in image.shape]
+    if min(sides) < min_size:
+        raise ValueError(f"the sample image {image.shape} is too small: the package needs at least "
+                         f"{min_size} x {min_size} px")
+    return image[: sides[0], : sides[1]]
+
+
+def _cover(image: np.ndarray, probability: np.ndarray, path: Path) -> None:
+    """The input beside P(cell), one PNG."""
+    from PIL import Image
+
+    lo, hi = float(image.min()), float(image.max())
+    left = ((image - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+    right = (np.clip(probability, 0, 1) * 255).astype(np.uint8)
+    gap = np.full((image.shape[0], 8), 255, np.uint8)
+    Image.fromarray(np.concatenate([left, gap, right], axis=1)).save(path)
+
+
+def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict | None, name: str) -> str:
+    m, d = config.model, config.data
+    lines = [
+        f"# {name}",
+        "",
+        "The U-Net of Ronneberger, Fischer & Brox (MICCAI 2015): unpadded 3x3 convolutions, centre-cropped skip "
+        f"connections, trained with the paper's weighted cross entropy (w0 = {d.w0:g}, sigma = {d.sigma:g} px), "
+        "elastic deformation and SGD with momentum 0.99 on one large tile per step. Trained and exported with "
+        f"paper_unet {__version__} (a PyTorch reproduction of the paper).",
+        "",
+        "## The network",
+        f"- width {m.base_channels} (channels of the first level; the paper: 64), depth {m.depth}, "
+        f"dropout {m.dropout:g}, variant `{m.variant}`",
+        f"- trained for {state.get('iteration', '?')} iterations on {d.tile} x {d.tile} tiles, profile "
+        f"`{config.name}`, seed {config.run.seed}",
+        f"- output: P(cell), one channel (1 = cell interior, 0 = membrane), as in the ISBI 2012 submission format",
+        "",
+        "## Input",
+        f"- one channel, {intensities}",
+        f"- sides: multiples of {geometry['period']} px, at least {geometry['min_size']} px (bigger images are "
+        f"tiled by the consumer with a halo of {geometry['halo']} px)",
+        "- the image is mirrored at its borders (reflect), as the paper's overlap-tile strategy does",
+        "",
+        "## Training data",
+        "The ISBI 2012 EM segmentation challenge's training stack (30 ssTEM slices of the Drosophila first "
+        "instar larva ventral nerve cord, 512 x 512 px, Cardona et al. 2010), unless the checkpoint was trained "
+        "on other data with `paper-unet train`.",
+        "",
+        "## Validation",
+        "Score a prediction against labels with the ISBI 2012 challenge's metrics: `paper_unet.metrics` "
+        "(warping, Rand and pixel error; V_rand and V_info) reproduces the challenge's evaluator. The package's "
+        "own test (its test input and the output of `paper-unet predict` on it, without test-time "
+        "augmentation) is checked by `bioimageio.core`'s `test_model`.",
+    ]
+    if scores:
+        lines += ["", "Scores of this network on its held-out slices, as its training run recorded them "
+                  "(`metrics.json`):", ""]
+        lines += [f"- {key}: {value:.6f}" for key, value in scores.items()
+                  if isinstance(value, float) and key in ("warping_error", "rand_error", "pixel_error",
+                                                           "vrand_thinned", "vinfo_thinned")]
+    lines += [
+        "",
+        "## Differences from `paper-unet predict`",
+        "No test-time augmentation (`predict --tta` averages the 8 dihedral views). Otherwise the same "
+        "probabilities, to float rounding, on images whose sides are multiples of "
+        f"{geometry['period']} px.",
+        "",
+        "## Citation",
+        f"- O. Ronneberger, P. Fischer, T. Brox. U-Net: Convolutional Networks for Biomedical Image "
+        f"Segmentation. MICCAI 2015. doi:{PAPER_DOI}",
+        f"- I. Arganda-Carreras et al. Crowdsourcing the creation of image segmentation algorithms for "
+        f"connectomics. Front. Neuroanat. 2015. doi:{ISBI_DOI}",
+        f"- A. Cardona et al. An integrated micro- and macroarchitectural analysis of the Drosophila brain by "
+        f"computer-assisted serial section electron microscopy. PLoS Biol. 2010. doi:{DATA_DOI}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.ndarray,
+                      name: str | None = None, authors: list[str] | None = None) -> Path:
+    """Write ``checkpoint``'s network as a bioimage.io model package (a .zip) to ``output``.
+
+    ``sample``: a raw image (or stack: its first slice) like the training images; it becomes the
+    package's test input and decides how integer intensities are scaled. Returns the package path.
+    """
+    try:
+        from bioimageio.spec import save_bioimageio_package
+        from bioimageio.spec.model import v0_5 as spec
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
+    from paper_unet.images import normalize, resolve_normalization
+    from paper_unet.tiling import predict
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    if output.suffix != ".zip":
+        raise ValueError(f"the package is a .zip file: give --output {output.with_suffix('.zip')}")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"the folder of {output} does not exist: create it first")
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise PermissionError(f"cannot write {output}: the folder or file is not writable; choose another --output")
+    model, config = model_from_checkpoint(checkpoint, "cpu")
+    if getattr(model, "same_padding", False):
+        raise ValueError(f"{checkpoint} holds the padded ablation network, not the paper's U-Net: only the "
+                         f"unpadded U-Net is exported")
+    state = load_checkpoint(checkpoint)
+    model.eval()
+    geometry = package_geometry(model.depth)
+    raw = _sample_slice(np.asarray(sample), geometry["period"], geometry["min_size"])
+    method = resolve_normalization(config.data.normalize, raw.dtype)  # "auto": as train resolved it
+    gain, intensities = _preprocessing(method, raw)
+    image = normalize(raw[None], method)[0]  # what predict gives the network
+    expected = predict(model, image)[1].astype(np.float32)  # P(cell), no TTA: what the package must give
+    module = PredictionModule(model, geometry["context"], geometry["context"] + geometry["extra"]).eval()
+    name = name or f"paper_unet U-Net {config.name} width {config.model.base_channels}"
+    scores_path = checkpoint.parent / "metrics.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.is_file() else None
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        test_input = raw.astype(np.float32) if gain is not None else image  # before preprocessing
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the size checks in forward: sizes vary
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: what deepImageJ and QuPath load
+            traced = torch.jit.trace(module, torch.from_numpy(image[None, None]), check_trace=False)
+        traced.save(str(work / "weights.pt"))
+        np.save(work / "test_input.npy", test_input[None, None])
+        np.save(work / "test_output.npy", expected[None, None])
+        tifffile.imwrite(work / "sample_input.tif", test_input)  # what viewers show (bioimage.io's sample tensors)
+        tifffile.imwrite(work / "sample_output.tif", expected)
+        _cover(raw.astype(np.float32), expected, work / "cover.png")
+        (work / "README.md").write_text(_readme(config, state, intensities, geometry, scores, name))
+        space = spec.ParameterizedSize(min=geometry["min_size"], step=geometry["period"])
+        preprocessing = [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain))] if gain is not None else []
+        descr = spec.ModelDescr(
+            name=name,
+            description="U-Net (Ronneberger et al. 2015) for membrane segmentation in EM: P(cell) per pixel, "
+                        "trained and exported with paper_unet",
+            authors=[spec.Author(name=author) for author in (authors or ["paper_unet user"])],
+            cite=[spec.CiteEntry(text="Ronneberger, Fischer & Brox. U-Net. MICCAI 2015", doi=spec.Doi(PAPER_DOI)),
+                  spec.CiteEntry(text="Arganda-Carreras et al. The ISBI 2012 challenge. Front. Neuroanat. 2015",
+                                 doi=spec.Doi(ISBI_DOI)),
+                  spec.CiteEntry(text="Cardona et al. The ssTEM data. PLoS Biol. 2010", doi=spec.Doi(DATA_DOI))],
+            license=spec.LicenseId("MIT"),
+            documentation=spec.FileDescr(source=work / "README.md"),
+            covers=[spec.FileDescr(source=work / "cover.png")],
+            tags=["unet", "segmentation", "electron-microscopy", "membranes", "2d", "pytorch", "isbi2012"],
+            inputs=[spec.InputTensorDescr(
+                id=spec.TensorId("raw"),
+                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("raw")]),
+                      spec.SpaceInputAxis(id=spec.AxisId("y"), size=space),
+                      spec.SpaceInputAxis(id=spec.AxisId("x"), size=space)],
+                test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+                sample_tensor=spec.FileDescr(source=work / "sample_input.tif"),
+                data=spec.IntervalOrRatioDataDescr(type="float32"),
+                preprocessing=preprocessing,
+                pad=spec.ReflectPadding(mode="reflect"))],
+            outputs=[spec.OutputTensorDescr(
+                id=spec.TensorId("probability"),
+                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("cell")]),
+                      spec.SpaceOutputAxisWithHalo(id=spec.AxisId("y"), halo=geometry["halo"],
+                                                   size=spec.SizeReference(tensor_id=spec.TensorId("raw"),
+                                                                           axis_id=spec.AxisId("y"))),
+                      spec.SpaceOutputAxisWithHalo(id=spec.AxisId("x"), halo=geometry["halo"],
+                                                   size=spec.SizeReference(tensor_id=spec.TensorId("raw"),
+                                                                           axis_id=spec.AxisId("x")))],
+                test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+                sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
+                data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))],
+            weights=spec.WeightsDescr(torchscript=spec.TorchscriptWeightsDescr(
+                source=work / "weights.pt", pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
+        )
+        save_bioimageio_package(descr, output_path=output)
+    return output
