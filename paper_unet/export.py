@@ -138,7 +138,7 @@ def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict 
         f"dropout {m.dropout:g}, variant `{m.variant}`",
         f"- trained for {state.get('iteration', '?')} iterations on {d.tile} x {d.tile} tiles, profile "
         f"`{config.name}`, seed {config.run.seed}",
-        f"- output: P(cell), one channel (1 = cell interior, 0 = membrane), as in the ISBI 2012 submission format",
+        "- output: P(cell), one channel (1 = cell interior, 0 = membrane), as in the ISBI 2012 submission format",
         "",
         "## Input",
         f"- one channel, {intensities}",
