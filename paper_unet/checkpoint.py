@@ -25,13 +25,13 @@ __all__ = ["build_model", "save_checkpoint", "previous_path", "load_checkpoint",
 def build_model(config: Config) -> UNet | PaddedUNet:
     """The network of ``config.model``: the paper's unpadded `UNet`, or (``network = "padded"``, an
     ablation) the `PaddedUNet` with the same widths per level (base_channels x 1, 2, 4, ... and a
-    bottleneck of twice the last); the padded network has no dropout, and BatchNorm unless
+    bottleneck of twice the last), the same dropout in the same place, and BatchNorm unless
     ``padded_batch_norm`` is off."""
     m = config.model
     if m.network == "padded":
         return PaddedUNet(m.in_channels, m.num_classes,
                           features=tuple(m.base_channels * 2**level for level in range(m.depth - 1)),
-                          batch_norm=m.padded_batch_norm)
+                          batch_norm=m.padded_batch_norm, dropout=m.dropout)
     return UNet(m.in_channels, m.num_classes, m.base_channels, m.depth, m.dropout, m.variant)
 
 

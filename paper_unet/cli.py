@@ -453,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablations.set_defaults(profile="cpu")
     ablations.add_argument("--only", nargs="+", metavar="NAME",
                            help="run these variants only (full, no_border_term, plain_cross_entropy, no_elastic, "
-                                "no_augmentation, no_tta, padded_unet, padded_no_bn, no_dropout, full_seed1)")
+                                "no_augmentation, no_tta, padded_unet, padded_no_bn, no_dropout, full_seed1; and, by "
+                                "name only, the padded networks' popular setup: padded_unet_popular, "
+                                "padded_no_bn_popular)")
     ablations.add_argument("--fold", type=int, default=2, help="cross-validation fold (default 2: slices 20-29)")
     ablations.add_argument("--out", default="runs/ablations", help="run directories, one per variant")
     ablations.add_argument("--full-from", metavar="RUN_DIR",

@@ -46,6 +46,9 @@ class DataConfig:
     flip: bool = True  # [ours]
     gray_values: bool = True  # [ours] gamma / contrast / brightness
     normalize: str = "auto"  # [ours] intensities to [0, 1]: auto | dtype | minmax | percentile (images.py)
+    # model.network = "padded" only: labels and loss over the whole tile (the popular setup); default: the
+    # central region the unpadded network predicts for the same tile (388 of 572), for a fair ablation
+    label_whole_tile: bool = False
 
 
 @dataclass
@@ -146,6 +149,9 @@ def _validate(config: Config) -> None:
 
     if config.model.network not in ("unet", "padded"):
         raise ValueError(f"model.network must be unet or padded, got {config.model.network!r}")
+    if config.model.network == "unet" and config.data.label_whole_tile:
+        raise ValueError("data.label_whole_tile=true applies to the padded network only (the paper's U-Net "
+                         "predicts the tile's centre): add model.network=\"padded\" or drop the setting")
     if config.model.network == "unet" and not config.model.padded_batch_norm:
         raise ValueError("model.padded_batch_norm=false applies to the padded network only (the paper's U-Net "
                          "has no BatchNorm): add model.network=\"padded\" or drop the setting")

@@ -241,14 +241,22 @@ class PaddedUNet(nn.Module):
 
     ``batch_norm=False`` (ablation ``padded_no_bn``) drops the BatchNorm layers and gives the
     convolutions their biases back: same-padding alone, to separate its cost from BatchNorm's.
+    ``dropout``: as in `UNet`, at the end of the contracting path: after the deepest level before the
+    bottleneck (its output also feeds the skip) and after the bottleneck, so that the ablation differs
+    from the paper's network in padding and BatchNorm only (0 disables it; the popular setup has none).
     """
 
     same_padding = True  # the output has the input's size: `tiling.predict` runs whole images
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2,
-                 features: tuple[int, ...] = (64, 128, 256, 512), batch_norm: bool = True) -> None:
+                 features: tuple[int, ...] = (64, 128, 256, 512), batch_norm: bool = True,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.deep_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # the deepest level's output
+        self.bottom_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # the bottleneck's
         self.downs = nn.ModuleList()
         channels = in_channels
         for width in features:
@@ -265,11 +273,13 @@ class PaddedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
-        for down in self.downs:
+        for level, down in enumerate(self.downs):
             x = down(x)
+            if level == len(self.downs) - 1:
+                x = self.deep_dropout(x)  # as UNet: also what the skip carries
             skips.append(x)
             x = self.pool(x)
-        x = self.bottleneck(x)
+        x = self.bottom_dropout(self.bottleneck(x))
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips)):
             x = up(x)
             if x.shape[-2:] != skip.shape[-2:]:  # odd sizes: resize, then concatenate (fixed)

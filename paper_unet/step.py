@@ -39,6 +39,7 @@ import torch
 
 from paper_unet.fastpath import FastPath
 from paper_unet.loss import weighted_cross_entropy
+from paper_unet.model import center_crop
 from paper_unet.sampler import TileSampler
 
 __all__ = ["train_step", "TrainingStep", "Levers", "resolve_levers", "make_optimizer", "cudnn_benchmark"]
@@ -56,13 +57,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     softmax in fp32. ``channels_last``: the input in NHWC memory order (the model's parameters
     must be converted too). Under DDP, backward() all-reduces (averages) the gradients.
     ``autocast_cache``: autocast keeps its bf16 weight copies for the step (off for a CUDA graph
-    capture, which requires it; the same numbers).
+    capture, which requires it; the same numbers). A same-padding network (the ablation) predicts its
+    whole tile: the loss is taken on the labelled centre (``y``'s size); the returned logits are whole.
     """
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache) if bf16 else nullcontext():
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache)
+    with autocast if bf16 else nullcontext():
         logits = model(x)
-    loss = weighted_cross_entropy(logits, y, w)
+    scored = center_crop(logits, y.shape[-2:]) if logits.shape[-2:] != y.shape[-2:] else logits
+    loss = weighted_cross_entropy(scored, y, w)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -26,7 +26,7 @@ from paper_unet.tables import (METRICS, PAPER_TABLE1, markdown_table, put_sectio
                                study_section, write_csv)
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
-           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "ablation_variants", "touching_cells_window",
+           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "ablation_variants", "touching_cells_window",
            "write_ablation_report", "adopt_network"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
@@ -41,12 +41,20 @@ ABLATIONS = {
     "no_elastic": ["data.elastic_std=0.0"],
     "no_augmentation": ["data.elastic_std=0.0", "data.rotate=false", "data.flip=false", "data.gray_values=false"],
     "no_tta": ["run.tta=false"],  # the full method's checkpoints, predicted without TTA
-    "padded_unet": ['model.network="padded"'],  # same-padding + BatchNorm, whole-slice prediction
+    # same-padding + BatchNorm, whole-slice prediction; the same dropout and the same labelled 388 x 388 centre of
+    # the 572 tile as the paper's network (the loss on the centre of the padded network's whole-tile output)
+    "padded_unet": ['model.network="padded"'],
     "padded_no_bn": ['model.network="padded"', "model.padded_batch_norm=false"],  # padded_unet less BatchNorm
     "no_dropout": ["model.dropout=0.0"],
 }
 REUSE = {"no_tta": "full"}
 NOISE = {"full_seed1": ["run.seed=1"]}  # the full method again with another seed: the noise floor
+# The padded networks as the popular setup trains them (what the first padded rows measured, 2026-11-25):
+# no dropout, and labels and loss over the whole 572 tile (2.2x the labelled area of the paper's 388 x 388).
+# Runnable by name (--only), not part of the default study.
+POPULAR = {"padded_unet_popular": ['model.network="padded"', "model.dropout=0.0", "data.label_whole_tile=true"],
+           "padded_no_bn_popular": ['model.network="padded"', "model.padded_batch_norm=false", "model.dropout=0.0",
+                                    "data.label_whole_tile=true"]}
 
 
 def ablation_pairs() -> list[tuple[str, list[str]]]:
@@ -55,12 +63,12 @@ def ablation_pairs() -> list[tuple[str, list[str]]]:
 
 def ablation_variants(names: list[str] | None = None) -> list[Variant]:
     """The ablations and the noise run, in order (``names``: a subset)."""
-    table = {**ABLATIONS, **NOISE}
+    table = {**ABLATIONS, **NOISE, **POPULAR}
     unknown = sorted(set(names or []) - set(table))
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(table)}")
     return [Variant(name, overrides, REUSE.get(name)) for name, overrides in table.items()
-            if names is None or name in names]
+            if (name in names if names is not None else name not in POPULAR)]
 
 
 def _flat(config: Config | dict) -> dict:
@@ -247,8 +255,12 @@ WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 
         "plain_cross_entropy": "no weight map: plain cross entropy", "no_elastic": "no elastic deformation",
         "no_augmentation": "no elastic deformation, rotation, flip or gray values (random crops kept)",
         "no_tta": "the full method's networks, predicted without TTA",
-        "padded_unet": "PaddedUNet (same-padding + BatchNorm), whole-slice prediction",
-        "padded_no_bn": "PaddedUNet without BatchNorm (same-padding alone), whole-slice prediction",
+        "padded_unet": "PaddedUNet (same-padding + BatchNorm), whole-slice prediction; dropout and labelled centre "
+                       "as the U-Net's",
+        "padded_no_bn": "PaddedUNet without BatchNorm (same-padding alone), whole-slice prediction; dropout and "
+                        "labelled centre as the U-Net's",
+        "padded_unet_popular": "PaddedUNet, the popular setup: no dropout, loss over the whole 572 tile",
+        "padded_no_bn_popular": "PaddedUNet without BatchNorm, the popular setup: no dropout, loss over the whole tile",
         "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)"}
 
 
@@ -293,7 +305,8 @@ def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", f
 
 Every variant differs from the full method in one ingredient (`paper_unet.study.ABLATIONS`; a test compares
 the resolved configs; `padded_no_bn` is `padded_unet` less its BatchNorm, to tell padding and BatchNorm
-apart) and is trained with the same iterations, tile and seed on the same fold (held-out slices of fold
+apart), except the `*_popular` rows: the padded networks as the popular setup trains them, with no dropout and
+the loss over the whole tile (`paper_unet.study.POPULAR`). Each is trained with the same iterations, tile and seed on the same fold (held-out slices of fold
 {any_row.get('fold', '?')}), predicted by overlap-tile inference (the padded networks: whole slices) and
 scored with all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
 is the noise floor: a difference is listed as beyond it when it is larger than that spread.

@@ -104,12 +104,13 @@ def augment_config(config: Config) -> AugmentConfig:
 
 def training_sampler(config: Config, images: np.ndarray, labels: np.ndarray, device: torch.device,
                      length: int, stream: int = 0) -> TileSampler:
-    """The augmented tiles ``config`` trains on (sample stream ``stream``: the rank under DDP); the
-    padded ablation networks are labelled on their whole tile."""
+    """The augmented tiles ``config`` trains on (sample stream ``stream``: the rank under DDP), labelled
+    on the centre the unpadded network predicts (388 of 572); the padded ablation network too, unless
+    ``data.label_whole_tile`` (the popular setup: its whole tile)."""
     d = config.data
     return TileSampler(images, labels, tile=d.tile, depth=config.model.depth, length=length, seed=config.run.seed,
                        stream=stream, augment_config=augment_config(config), w0=d.w0, sigma=d.sigma, device=device,
-                       out_tile=d.tile if config.model.network == "padded" else None)
+                       out_tile=d.tile if d.label_whole_tile else None)
 
 
 def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device,

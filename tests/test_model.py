@@ -172,6 +172,29 @@ def test_padded_unet_without_batch_norm_is_the_same_network_less_its_batch_norm(
         assert without.eval()(torch.rand(1, 1, 37, 45)).shape == (1, 2, 37, 45)
 
 
+def test_padded_unet_has_the_unets_dropout_in_the_same_place():
+    """The fair ablation: dropout after the deepest level before the bottleneck (also on its skip) and after the
+    bottleneck, as `UNet` at its two deepest levels; active in training only; none by default (the popular setup)."""
+    model = PaddedUNet(features=(4, 8), dropout=0.5)
+    assert isinstance(model.deep_dropout, nn.Dropout) and isinstance(model.bottom_dropout, nn.Dropout)
+    assert model.deep_dropout.p == model.bottom_dropout.p == 0.5
+    assert not any(isinstance(m, nn.Dropout) for m in PaddedUNet(features=(4, 8)).modules())
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(x), model(x))
+        model.train()
+        assert not torch.equal(model(x), model(x))  # masks differ between calls
+    seen = []
+    hook = model.deep_dropout.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        model.eval()(x)
+    hook.remove()
+    assert seen == [(1, 8, 16, 16)]  # the deepest level (8 channels at 16 px), before the pool
+    with pytest.raises(ValueError, match="dropout"):
+        PaddedUNet(dropout=1.0)
+
+
 def test_golden_output_of_a_seeded_tiny_unet():
     """Regression guard: fixed seed, fixed input, stored values (computed with torch 2.13.0 CPU)."""
     torch.manual_seed(0)

@@ -67,6 +67,48 @@ def test_each_ablation_differs_from_the_full_method_in_its_one_setting():
         assert {k for k in full if full[k] != variant[k]} == keys, name
 
 
+def test_the_popular_padded_setup_differs_from_the_fair_one_in_dropout_and_labelled_area_only():
+    """The *_popular rows (what the first padded rows measured): their fair namesakes less dropout, labelled on
+    the whole tile; runnable by name only, not part of the default study."""
+    from paper_unet.config import load_config
+    from paper_unet.study import ABLATIONS, POPULAR, ablation_variants
+    for name, fair in (("padded_unet_popular", "padded_unet"), ("padded_no_bn_popular", "padded_no_bn")):
+        a, b = flat(load_config("cpu", ABLATIONS[fair])), flat(load_config("cpu", POPULAR[name]))
+        assert {k for k in a if a[k] != b[k]} == {"model.dropout", "data.label_whole_tile"}, name
+    assert not set(POPULAR) & {v.name for v in ablation_variants()}
+    assert [v.name for v in ablation_variants(["padded_unet_popular"])] == ["padded_unet_popular"]
+
+
+def test_the_padded_network_is_labelled_on_the_unpadded_networks_centre(isbi_dir):
+    """Fair: the same 92 input tile (smoke: depth 3), labels on its 52 x 52 centre, and the loss of the padded
+    network's 92 x 92 output taken on that centre; the popular setup labels the whole tile."""
+    import torch
+    from paper_unet.config import load_config
+    from paper_unet.loss import weighted_cross_entropy
+    from paper_unet.model import center_crop
+    from paper_unet.step import train_step
+    from paper_unet.train import build_model, training_sampler
+    isbi = load_isbi2012(isbi_dir)
+    images, labels = isbi.train_images[:2, :128, :128], isbi.train_labels[:2, :128, :128]
+    fair = load_config("smoke", ['model.network="padded"'])
+    x, y, w = training_sampler(fair, images, labels, torch.device("cpu"), 2).batch([0])
+    assert (x.shape[-1], y.shape[-1], w.shape[-1]) == (92, 52, 52)
+    torch.manual_seed(0)
+    model = build_model(fair).eval()  # eval: no dropout, BatchNorm's running stats, so two passes agree
+    with torch.no_grad():
+        expected = weighted_cross_entropy(center_crop(model(x), (52, 52)), y, w)
+    loss, logits = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), x, y, w)
+    assert logits.shape[-1] == 92 and torch.allclose(loss, expected)
+    popular = load_config("smoke", POPULAR_SMOKE)
+    _, y, _ = training_sampler(popular, images, labels, torch.device("cpu"), 2).batch([0])
+    assert y.shape[-1] == 92
+    with pytest.raises(ValueError, match="padded network only"):
+        load_config("smoke", ["data.label_whole_tile=true"])
+
+
+POPULAR_SMOKE = ['model.network="padded"', "model.dropout=0.0", "data.label_whole_tile=true"]
+
+
 def test_ablation_switches_train_and_predict(isbi_dir, tmp_path):
     """The padded network and the plain loss run through the same training and prediction code."""
     import numpy as np
