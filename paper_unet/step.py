@@ -4,8 +4,9 @@
 0.99): the host draws sample i's slice and augmentation parameters (`TileSampler.draw_batch`, a few
 numbers); the device augments the tile (`TileSampler.device_batch`), runs the forward pass, the
 weighted loss, backward and the SGD update, and adds the loss to a running sum that stays on the
-device. The training loop (`train`), the step timer (`estimate.time_step`) and the step profiler
-(reproduction/benchmarks/profile_step.py) call it; monitors, logging and checkpoints stay beside it.
+device. The training loop (`train`) and the step profiler (reproduction/benchmarks/profile_step.py)
+call it (the step timer `estimate.time_step` calls `train_step` on tiles drawn beforehand); monitors,
+logging and checkpoints stay beside it, in `train`.
 
 The speed levers (`run.*` keys, all off by default until a GPU has measured them,
 results/performance.md):

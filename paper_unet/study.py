@@ -306,8 +306,8 @@ def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", f
 Every variant differs from the full method in one ingredient (`paper_unet.study.ABLATIONS`; a test compares
 the resolved configs; `padded_no_bn` is `padded_unet` less its BatchNorm, to tell padding and BatchNorm
 apart), except the `*_popular` rows: the padded networks as the popular setup trains them, with no dropout and
-the loss over the whole tile (`paper_unet.study.POPULAR`). Each is trained with the same iterations, tile and seed on the same fold (held-out slices of fold
-{any_row.get('fold', '?')}), predicted by overlap-tile inference (the padded networks: whole slices) and
+the loss over the whole tile (`paper_unet.study.POPULAR`). Each is trained with the same iterations, tile
+and seed on the same fold (held-out slices of fold {any_row.get('fold', '?')}), predicted by overlap-tile inference (the padded networks: whole slices) and
 scored with all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
 is the noise floor: a difference is listed as beyond it when it is larger than that spread.
 Data: `ablations.csv` (every row with its commit, hardware, date, training time).

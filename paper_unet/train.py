@@ -18,9 +18,9 @@ Checkpoints load with ``torch.load(weights_only=True)``, so a downloaded checkpo
 The step (`step.TrainingStep`: sample i drawn on the host, then augmentation, forward, loss, backward
 and SGD on the device; with ``run.cuda_graph`` captured once as a CUDA graph) is free of host
 synchronisation: the loss is summed on the device and read back only once per log interval
-(``run.log_every``), where the divergence and collapse checks run. The fast path (bf16 autocast, channels_last; "auto" by
-default) is chosen for the training device by `fastpath.resolve`, printed, and recorded in
-``fast_path.json`` and in every checkpoint.
+(``run.log_every``), where the divergence and collapse checks run. The fast path (bf16 autocast,
+channels_last; "auto" by default) is chosen for the training device by `fastpath.resolve`, printed,
+and recorded in ``fast_path.json`` and in every checkpoint, beside the step's levers (`step.Levers`).
 """
 
 from __future__ import annotations
