@@ -166,10 +166,16 @@ def learning_rate(config: Config, iteration: int) -> float:
     return o.lr * warm * (o.lr_decay if iteration >= o.lr_decay_at * o.iterations else 1.0)
 
 
+def _path_record(fast: FastPath, levers: Levers) -> dict:
+    """The path a run takes here (fast_path.json and every checkpoint's ``fast_path``): bf16 / channels_last
+    with the reason, and the step's levers."""
+    return {**fast.as_dict(), "levers": asdict(levers)}
+
+
 def _record_run(out: Path, config: Config, fast: FastPath, levers: Levers) -> None:
     """The resolved config (config.json) and the fast path it takes here (fast_path.json, and the log)."""
     config.save(out / "config.json")
-    (out / "fast_path.json").write_text(json.dumps({**fast.as_dict(), "levers": asdict(levers)}, indent=2) + "\n")
+    (out / "fast_path.json").write_text(json.dumps(_path_record(fast, levers), indent=2) + "\n")
     print(f"{out.name}: {fast.describe()}; {levers.describe()}", file=sys.stderr)
 
 
@@ -296,7 +302,7 @@ class _Records:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "iteration": iteration, "best_rand_error": self.best, "config": self.config.to_dict(),
                 "rng": rng, "world_size": self.world, "monitors": self.monitors(),
-                "fast_path": self.fast.as_dict(), "levers": asdict(self.levers), "seconds": self.seconds(),
+                "fast_path": _path_record(self.fast, self.levers), "seconds": self.seconds(),
                 "version": __version__, "torch": str(torch.__version__),
                 "init_from": str(self.init_from) if self.init_from is not None else None},
                 keep_previous=path.name == "last.pt")

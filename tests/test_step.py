@@ -106,7 +106,7 @@ def test_the_levers_train_as_the_plain_run_on_the_cpu(tiny_data, tmp_path):
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
     loss = lambda out: [float(r.split(",")[1]) for r in log_rows(out)[1:]]  # noqa: E731
     np.testing.assert_allclose(loss(runs["fused"]), loss(runs["plain"]), rtol=1e-5)
-    assert load_checkpoint(runs["graph"] / "last.pt")["levers"] == {
+    assert load_checkpoint(runs["graph"] / "last.pt")["fast_path"]["levers"] == {
         "cudnn_benchmark": False, "fused_sgd": True, "cuda_graph": True}
 
 
