@@ -35,8 +35,8 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 
 def copy_stacks(isbi_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in data.REQUIRED:
-        shutil.copy(isbi_dir / name, dest / name)
+    for name in data.REQUIRED:  # the contents only: shared/ is read-only, and the tests rewrite the copies
+        shutil.copyfile(isbi_dir / name, dest / name)
     return dest
 
 
