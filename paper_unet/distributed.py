@@ -7,6 +7,7 @@ that stop training are taken collectively (`reduce_min`), so no rank is left wai
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -28,7 +29,17 @@ def distributed() -> tuple[int, int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_group)
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _leave_group() -> None:
+    """End the process group at exit (a local call): left to the interpreter's teardown, gloo's threads
+    can abort the process ("terminate called without an active exception", seen once in a test run)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:

@@ -129,15 +129,38 @@ def test_ablation_switches_train_and_predict(isbi_dir, tmp_path):
     assert isinstance(model_from_checkpoint(tmp_path / "padded" / "last.pt")[0], PaddedUNet)
 
 
+def ablation_script_args(isbi_dir, tmp_path, results):
+    from conftest import REPO
+    return ["bash", str(REPO / "reproduction" / "run_ablations.sh"), "--profile", "smoke", "--data-dir", str(isbi_dir),
+            "--out", str(tmp_path / "runs"), "--results", str(results), "--quiet",
+            "--set", "optim.iterations=2", "--set", "run.validate_every=2", "--set", "run.checkpoint_every=2"]
+
+
+def test_run_ablations_end_to_end_on_three_variants(isbi_dir, tmp_path):
+    """bash reproduction/run_ablations.sh --only full no_tta padded_unet (tiny budget): trained, scored, tabled,
+    drawn; the padded network too. Every variant: the slow test below (about 3 minutes: scoring the
+    untrained networks' noisy maps dominates)."""
+    import subprocess
+    results = tmp_path / "results"
+    args = ablation_script_args(isbi_dir, tmp_path, results)
+    done = subprocess.run(args[:2] + ["--only", "full", "no_tta", "padded_unet"] + args[2:], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(results / "ablations.csv")
+    assert [r["name"] for r in rows] == ["full", "no_tta", "padded_unet"]
+    assert all(r["status"] == "ok" and r["fold"] == "2" for r in rows)
+    readme = (results / "README.md").read_text()
+    assert "| padded_unet |" in readme and "u-net, paper Table 1" in readme
+    assert (results / "slices" / "padded_unet.png").is_file()
+
+
+@pytest.mark.slow
 def test_run_ablations_end_to_end_on_a_smoke_budget(isbi_dir, tmp_path):
     """bash reproduction/run_ablations.sh: every variant trained (tiny budget), scored, tabled, drawn;
     a second call with --only re-reads the finished variants instead of training them again."""
     import subprocess
-    from conftest import REPO
     results = tmp_path / "results"
-    args = ["bash", str(REPO / "reproduction" / "run_ablations.sh"), "--profile", "smoke", "--data-dir", str(isbi_dir),
-            "--out", str(tmp_path / "runs"), "--results", str(results), "--quiet",
-            "--set", "optim.iterations=2", "--set", "run.validate_every=2", "--set", "run.checkpoint_every=2"]
+    args = ablation_script_args(isbi_dir, tmp_path, results)
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_rows(results / "ablations.csv")
