@@ -19,7 +19,7 @@ from paper_unet.config import Config, config_from_dict
 from paper_unet.model import PaddedUNet, UNet
 
 __all__ = ["build_model", "save_checkpoint", "previous_path", "load_checkpoint", "load_weights",
-           "model_from_checkpoint"]
+           "model_from_checkpoint", "model_from_state"]
 
 
 def build_model(config: Config) -> UNet | PaddedUNet:
@@ -112,7 +112,11 @@ def load_weights(model: UNet, path: str | Path, device: torch.device | str = "cp
 
 
 def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
-    state = load_checkpoint(path, device)
+    return model_from_state(load_checkpoint(path, device), path, device)
+
+
+def model_from_state(state: dict, path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, Config]:
+    """The network (in eval mode) and config of a loaded checkpoint ``state`` (read from ``path``)."""
     if "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a paper_unet checkpoint (no model or config)")
     config = config_from_dict(state["config"])

@@ -48,12 +48,11 @@ def time_step(config: Config, images: np.ndarray, labels: np.ndarray, device: to
     (with the fused SGD it implies), so a graph run's estimate errs long.
     """
     from paper_unet.checkpoint import build_model
-    from paper_unet.step import Levers, cudnn_benchmark, make_optimizer
+    from paper_unet.step import cudnn_benchmark, make_optimizer, resolve_levers
     from paper_unet.train import train_step, training_sampler
 
     device = torch.device(device)
-    r = config.run
-    levers = Levers(cudnn_benchmark=r.cudnn_benchmark, fused_sgd=r.fused_sgd or r.cuda_graph)
+    levers = resolve_levers(config.run, device)  # its cuda_graph is not used here: the step runs eagerly
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             cudnn_benchmark(levers.cudnn_benchmark):
         setup = time.perf_counter()

@@ -193,7 +193,7 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
         from bioimageio.spec.model import v0_5 as spec
     except ImportError as error:
         raise ImportError(INSTALL_HINT) from error
-    from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
+    from paper_unet.checkpoint import load_checkpoint, model_from_state
     from paper_unet.images import normalize, resolve_normalization
     from paper_unet.tiling import predict
 
@@ -204,12 +204,11 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
         raise FileNotFoundError(f"the folder of {output} does not exist: create it first")
     if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise PermissionError(f"cannot write {output}: the folder or file is not writable; choose another --output")
-    model, config = model_from_checkpoint(checkpoint, "cpu")
+    state = load_checkpoint(checkpoint)
+    model, config = model_from_state(state, checkpoint)
     if getattr(model, "same_padding", False):
         raise ValueError(f"{checkpoint} holds the padded ablation network, not the paper's U-Net: only the "
                          f"unpadded U-Net is exported")
-    state = load_checkpoint(checkpoint)
-    model.eval()
     geometry = package_geometry(model.depth)
     raw = _sample_slice(np.asarray(sample), geometry["period"], geometry["min_size"])
     method = resolve_normalization(config.data.normalize, raw.dtype)  # "auto": as train resolved it

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from paper_unet.augment import (AugmentConfig, AugmentParams, augment_batch, augment_packed, draw_params, pack_params,
-                                to_device)
+from paper_unet.augment import (AugmentConfig, AugmentParams, augment_packed, draw_params, has_gray_values,
+                                pack_params, to_device)
 from paper_unet.tiling import check_input_size, output_size
 from paper_unet.weights import estimate_class_weights, weight_map
 
@@ -100,19 +100,23 @@ class TileSampler(Dataset):
 
     def batch(self, indices, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Samples ``indices`` stacked on the device: (N, 1, tile, tile) images, (N, out, out) int64
-        labels and weights, one augmentation pass for the batch in ``dtype`` (`augment_batch`)."""
+        labels and weights, one augmentation pass for the batch in ``dtype`` (as `augment_batch`: the
+        draws travel in one asynchronous copy; the gray-value kernels run only when a draw needs them)."""
+        slices, params = self._draws(indices)
+        packed = pack_params(params, dtype)
+        return self.device_batch(to_device(slices, self.device), to_device(packed, self.device),
+                                 gray=has_gray_values(params))
+
+    def _draws(self, indices) -> tuple[torch.Tensor, list[AugmentParams]]:
         draws = [self.draw(int(i)) for i in indices]
-        slices = to_device(torch.tensor([z for z, _ in draws]), self.device)
-        image, label, weight = augment_batch(self.images[slices], self.labels[slices], self.weights[slices],
-                                             [p for _, p in draws], self.tile, self.out_tile, dtype)
-        return image[:, None], label.round().long(), weight
+        return torch.tensor([z for z, _ in draws]), [p for _, p in draws]
 
     def draw_batch(self, indices, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """The host part of `batch`: the slice numbers (N,) and the packed parameters (N, 8 + 2 g^2)
         of ``indices`` as host tensors, for `device_batch` (a whole-step CUDA graph copies them into
         its static buffers)."""
-        draws = [self.draw(int(i)) for i in indices]
-        return torch.tensor([z for z, _ in draws]), pack_params([p for _, p in draws], dtype)
+        slices, params = self._draws(indices)
+        return slices, pack_params(params, dtype)
 
     def device_batch(self, slices: torch.Tensor, packed: torch.Tensor, *, gray: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -33,7 +33,6 @@ results/performance.md):
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -94,9 +93,6 @@ def resolve_levers(run, device: torch.device, world: int = 1) -> Levers:
     if run.cuda_graph and world > 1:
         raise ValueError("run.cuda_graph is not supported with several training processes (DDP); train one "
                          "network per process (run_isbi.sh --parallel-folds) or set run.cuda_graph=false")
-    if run.cuda_graph and device.type != "cuda":
-        print(f"run.cuda_graph: nothing to capture on {device.type}; the same static-buffer step runs eagerly",
-              file=sys.stderr)
     return Levers(cudnn_benchmark=run.cudnn_benchmark and device.type == "cuda",
                   fused_sgd=run.fused_sgd or run.cuda_graph, cuda_graph=run.cuda_graph)
 
@@ -232,27 +228,22 @@ class TrainingStep:
         tensors = self._state()
         saved = [t.detach().clone() for t in tensors]
         had_momentum = any("momentum_buffer" in s for s in self.optimizer.state.values())
-        rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        if self.device.type == "cuda":
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+        cuda = self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if cuda else None  # on CUDA: a side stream, as captures want
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):  # the RNG states put back after
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side) if side is not None else nullcontext():
                 for _ in range(self.warmup):
                     self._device_step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-        else:
-            for _ in range(self.warmup):
-                self._device_step()
+            if side is not None:
+                torch.cuda.current_stream(self.device).wait_stream(side)
         with torch.no_grad():
             for tensor, value in zip(tensors, saved):
                 tensor.copy_(value)
             if not had_momentum:  # a first step: momentum 0 gives buf = grad exactly, as SGD's first step
                 for state in self.optimizer.state.values():
                     state["momentum_buffer"].zero_()
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def _capture(self) -> None:
         self._warm_up_and_undo()

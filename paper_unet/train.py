@@ -383,6 +383,9 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
     o, r = config.optim, config.run
     fast = resolve_fast_path(r.bf16, r.channels_last, device)  # "auto": chosen for this device
     levers = resolve_levers(r, device, world)
+    if levers.cuda_graph and device.type != "cuda":
+        print(f"run.cuda_graph: nothing to capture on {device.type}; the same static-buffer step runs eagerly",
+              file=sys.stderr)
     torch.manual_seed(r.seed)  # the same initial weights on every rank
     model = build_model(config).to(device)
     if world > 1:

@@ -111,12 +111,13 @@ class Networks:
         self.device, self.fast = device, fast
         self.graph = levers.cuda_graph
         self.steps = []
+        optim = load_config("paper", ["optim.lr=1e-4"]).optim
         for k in range(count):
             torch.manual_seed(k)
             model = UNet(base_channels=width, dropout=0.5).to(device)
             if fast:
                 model = model.to(memory_format=torch.channels_last)
-            optimizer = make_optimizer(model, load_config("paper", ["optim.lr=1e-4"]).optim, levers)
+            optimizer = make_optimizer(model, optim, levers)
             sampler = TileSampler(images, labels, tile=tile, length=steps, seed=k, device=device)
             if inside:
                 unit = TrainingStep(model, optimizer, sampler, graph=levers.cuda_graph,
