@@ -3,7 +3,7 @@
 #   bash reproduction/run_isbi.sh [--profile paper|cpu|smoke] [--data-dir DIR] [--out DIR] [--results DIR]
 # It prepares its own environment (.venv, pinned), fetches and verifies the data if needed, runs the
 # 3-fold cross-validation, trains the final model, predicts test-volume.tif in the submission
-# format with TTA, scores the test stack when test-labels.tif is present, and writes results/.
+# format (with TTA where the profile sets run.tta: paper and cpu; smoke does not), scores the test stack when test-labels.tif is present, and writes results/.
 # An interrupted run resumes where it stopped when started again with the same options.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -51,7 +51,9 @@ def write_section(title: str, body: str, command: str, seed: str = "0") -> None:
     PERFORMANCE_MD.parent.mkdir(parents=True, exist_ok=True)
     text = PERFORMANCE_MD.read_text() if PERFORMANCE_MD.exists() else (
         "# Performance\n\nEvery section is written by the benchmark named in it "
-        "(`reproduction/benchmarks/`), which measures our code and its baseline in one run.\n")
+        "(`reproduction/benchmarks/`), which measures our code and its baseline in one run, except where a "
+        "section says otherwise (a quoted baseline time, a section copied from a device log, an expectation "
+        "marked \"not measured\").\n")
     section = (f"## {title}\n\nCommand: `{command}`  \nCommit: {commit()}  \n"
                f"Machine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
                f"Wall time of the benchmark: {time.perf_counter() - STARTED:.0f} s  \nSeed: {seed}\n\n"
