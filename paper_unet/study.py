@@ -310,7 +310,10 @@ the loss over the whole tile (`paper_unet.study.POPULAR`). Each is trained with 
 and seed on the same fold (held-out slices of fold {any_row.get('fold', '?')}), predicted by overlap-tile inference (the padded networks: whole slices) and
 scored with all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
 is the noise floor: a difference is listed as beyond it when it is larger than that spread.
-Data: `ablations.csv` (every row with its commit, hardware, date, training time).
+Data: `ablations.csv` (every row with its commit, hardware, date, training time). Precision is the profile's
+`auto` (bf16 autocast + channels_last on a CPU with native bf16, fp32 elsewhere), so rows trained on different
+CPUs differ in precision too: each row's `hardware` names its path (rows from before 2026-11-30 do not; see the
+notes).
 
 {chr(10).join(lines)}
 
