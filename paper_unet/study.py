@@ -312,8 +312,7 @@ scored with all five challenge metrics. The seed-to-seed spread of the full meth
 is the noise floor: a difference is listed as beyond it when it is larger than that spread.
 Data: `ablations.csv` (every row with its commit, hardware, date, training time). Precision is the profile's
 `auto` (bf16 autocast + channels_last on a CPU with native bf16, fp32 elsewhere), so rows trained on different
-CPUs differ in precision too: each row's `hardware` names its path (rows from before 2026-11-30 do not; see the
-notes).
+CPUs differ in precision too: each row's `hardware` names its path where it was recorded.
 
 {chr(10).join(lines)}
 

@@ -2,8 +2,8 @@
 # The ISBI 2012 reproduction of the U-Net paper, in one command:
 #   bash reproduction/run_isbi.sh [--profile paper|cpu|smoke] [--data-dir DIR] [--out DIR] [--results DIR]
 # It prepares its own environment (.venv, pinned), fetches and verifies the data if needed, runs the
-# 3-fold cross-validation, trains the final model, predicts test-volume.tif in the submission
-# format (with TTA where the profile sets run.tta: paper and cpu; smoke does not), scores the test stack when test-labels.tif is present, and writes results/.
+# 3-fold cross-validation, trains the final model, predicts test-volume.tif in the submission format
+# (with TTA in paper and cpu, without in smoke), scores it when test-labels.tif is present, writes results/.
 # An interrupted run resumes where it stopped when started again with the same options.
 set -euo pipefail
 cd "$(dirname "$0")/.."
