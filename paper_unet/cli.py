@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="share a trained network as a bioimage.io model (Fiji/deepImageJ, ilastik, QuPath, napari)",
         description="Write a checkpoint's network as a BioImage Model Zoo package (bioimage.io model spec 0.5, a "
-                    ".zip): TorchScript weights that predict what `paper-unet predict` predicts without TTA for "
+                    ".zip): PyTorch state-dict weights (with the network's code, needing torch only) and TorchScript "
+                    "weights, both predicting what `paper-unet predict` predicts without TTA for "
                     "images whose sides are multiples of 16 px, with the training normalisation where bioimage.io "
                     "can express it, a test input and output, a cover and a README. Needs the optional extra: "
                     'pip install "paper_unet[bioimageio]".')

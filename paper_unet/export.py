@@ -2,10 +2,13 @@
 (deepImageJ), ilastik, QuPath, napari and bioimageio.core: the field's way to share a model, as the
 paper's authors did with their Fiji plugin.
 
-The package holds the network as TorchScript (`torch.jit.trace`), wrapped so that it predicts what
-``paper-unet predict`` predicts without TTA (`tiling.predict`: overlap-tile with mirrored context), to float
-rounding (2e-6 measured, held to 1e-4 by the tests),
-for any image whose sides are multiples of the pooling period (16 px at depth 5):
+The package holds the network twice, wrapped so that it predicts what ``paper-unet predict`` predicts
+without TTA (`tiling.predict`: overlap-tile with mirrored context), to float rounding (2e-6 measured, held
+to 1e-4 by the tests), for any image whose sides are multiples of the pooling period (16 px at depth 5):
+as a PyTorch state dict with its architecture (`architecture_source`: one Python file that needs only
+torch, holding the project's own `UNet` and `PredictionModule` code, copied verbatim; what bioimageio.core
+loads first), and as TorchScript traced from the same module (`torch.jit.trace`; for consumers that run
+TorchScript, such as deepImageJ and QuPath). The wrapping:
 
 - the unpadded network shrinks its input by 2 x 92 px (depth 5). Written literally as an output
   offset, bioimage.io consumers could not tile it (bioimageio.core 0.11's tiled prediction failed and
@@ -34,6 +37,7 @@ Needs the optional extra: ``pip install "paper_unet[bioimageio]"`` (bioimageio.c
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -47,8 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from paper_unet import __version__
+from paper_unet.model import UNet
 
-__all__ = ["PredictionModule", "export_bioimageio", "package_geometry", "INSTALL_HINT"]
+__all__ = ["PredictionModule", "prediction_module", "architecture_source", "export_bioimageio", "package_geometry",
+           "INSTALL_HINT", "ARCHITECTURE_FILE"]
 
 INSTALL_HINT = ('the bioimage.io export needs the optional extra: pip install "paper_unet[bioimageio]" '
                 "(bioimageio.core 0.11.0 and the spec it needs)")
@@ -70,6 +76,48 @@ class PredictionModule(torch.nn.Module):
         probabilities = torch.softmax(self.network(padded), dim=1)[:, 1:2]
         extra = self.after - self.before  # the output is that much larger than the input
         return probabilities[..., : probabilities.shape[-2] - extra, : probabilities.shape[-1] - extra]
+
+
+def prediction_module(in_channels: int = 1, num_classes: int = 2, base_channels: int = 64, depth: int = 5,
+                      variant: str = "paper", before: int = 92, after: int = 96) -> PredictionModule:
+    """The package's network, untrained, in eval mode: `UNet` (no dropout: inference only) inside
+    `PredictionModule`. The callable of the package's ``pytorch_state_dict`` weights; its arguments are the
+    ``kwargs`` in the package's rdf.yaml, and the state dict loads into it strictly."""
+    return PredictionModule(UNet(in_channels, num_classes, base_channels, depth, 0.0, variant), before, after).eval()
+
+
+ARCHITECTURE_FILE = "paper_unet_architecture.py"
+
+_ARCHITECTURE_HEADER = '''"""The network of a paper_unet bioimage.io package: the U-Net of Ronneberger, Fischer & Brox (MICCAI 2015)
+with its mirrored context inside, P(cell) out; `prediction_module(**kwargs)` builds it (the kwargs: rdf.yaml).
+
+Written by paper_unet {version} (`paper_unet.export.architecture_source`): the project's own code, copied
+verbatim from paper_unet/tiling.py (the size checks), paper_unet/model.py (`UNet`) and paper_unet/export.py
+(`PredictionModule`, `prediction_module`), so that it needs torch only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = {variants!r}
+'''
+
+
+def architecture_source() -> str:
+    """The package's architecture file (`ARCHITECTURE_FILE`): one self-contained Python module, torch its
+    only import, defining `prediction_module` with the source of the functions and classes it needs."""
+    from paper_unet import model, tiling
+
+    parts = [tiling._trace, tiling._check_depth, tiling._smallest_valid, tiling._nearest_valid,
+             tiling.check_input_size, tiling.output_size, model.center_crop, model._TwoConvs, model.UNet,
+             PredictionModule, prediction_module]
+    header = _ARCHITECTURE_HEADER.format(version=__version__, variants=model.VARIANTS)
+    return header + "".join("\n\n" + inspect.getsource(part) for part in parts)
 
 
 def package_geometry(depth: int) -> dict:
@@ -140,6 +188,9 @@ def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict 
         f"- trained for {state.get('iteration', '?')} iterations on {d.tile} x {d.tile} tiles, profile "
         f"`{config.name}`, seed {config.run.seed}",
         "- output: P(cell), one channel (1 = cell interior, 0 = membrane), as in the ISBI 2012 submission format",
+        f"- weights: a PyTorch state dict (`state_dict.pt`) with its architecture (`{ARCHITECTURE_FILE}`: the "
+        "project's own network code, needing torch only; `prediction_module(**kwargs)` builds the network), and "
+        "TorchScript traced from the same network (`weights.pt`)",
         "",
         "## Input",
         f"- one channel, {intensities}",
@@ -216,7 +267,11 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
     gain, intensities = _preprocessing(method, raw)
     image = normalize(raw[None], method)[0]  # what predict gives the network
     expected = predict(model, image)[1].astype(np.float32)  # P(cell), no TTA: what the package must give
-    module = PredictionModule(model, geometry["context"], geometry["context"] + geometry["extra"]).eval()
+    kwargs = {"in_channels": model.in_channels, "num_classes": model.num_classes,
+              "base_channels": model.base_channels, "depth": model.depth, "variant": model.variant,
+              "before": geometry["context"], "after": geometry["context"] + geometry["extra"]}
+    module = prediction_module(**kwargs)
+    module.network.load_state_dict(model.state_dict())
     name = name or f"paper_unet U-Net {config.name} width {config.model.base_channels}"
     scores_path = checkpoint.parent / "metrics.json"
     scores = json.loads(scores_path.read_text()) if scores_path.is_file() else None
@@ -229,6 +284,8 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: what deepImageJ and QuPath load
             traced = torch.jit.trace(module, torch.from_numpy(image[None, None]), check_trace=False)
         traced.save(str(work / "weights.pt"))
+        torch.save(module.state_dict(), work / "state_dict.pt")  # tensors only: loads with weights_only=True
+        (work / ARCHITECTURE_FILE).write_text(architecture_source())
         np.save(work / "test_input.npy", test_input[None, None])
         np.save(work / "test_output.npy", expected[None, None])
         tifffile.imwrite(work / "sample_input.tif", test_input)  # what viewers show (bioimage.io's sample tensors)
@@ -236,6 +293,7 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
         _cover(raw.astype(np.float32), expected, work / "cover.png")
         (work / "README.md").write_text(_readme(config, state, intensities, geometry, scores, name))
         space = spec.ParameterizedSize(min=geometry["min_size"], step=geometry["period"])
+        version = spec.Version(torch.__version__.split("+")[0])
         preprocessing = [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain))] if gain is not None else []
         descr = spec.ModelDescr(
             name=name,
@@ -272,8 +330,14 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
                 test_tensor=spec.FileDescr(source=work / "test_output.npy"),
                 sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
                 data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))],
-            weights=spec.WeightsDescr(torchscript=spec.TorchscriptWeightsDescr(
-                source=work / "weights.pt", pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
+            weights=spec.WeightsDescr(
+                pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+                    source=work / "state_dict.pt", pytorch_version=version,
+                    architecture=spec.ArchitectureFromFileDescr(source=work / ARCHITECTURE_FILE,
+                                                                callable=spec.Identifier("prediction_module"),
+                                                                kwargs=kwargs)),
+                torchscript=spec.TorchscriptWeightsDescr(source=work / "weights.pt", pytorch_version=version,
+                                                         parent="pytorch_state_dict")),
         )
         save_bioimageio_package(descr, output_path=output)
     return output

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paper_unet.tiling import check_input_size
+from paper_unet.tiling import check_input_size, output_size
 
 __all__ = ["UNet", "PaddedUNet", "center_crop"]
 
@@ -161,8 +161,6 @@ class UNet(nn.Module):
 
     def output_size(self, input_size: int) -> int:
         """Edge of the output for a square input of edge ``input_size`` (572 -> 388)."""
-        from paper_unet.tiling import output_size
-
         return output_size(input_size, self.depth)
 
     def forward_flops(self, height: int, width: int | None = None) -> int:

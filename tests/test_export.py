@@ -3,6 +3,7 @@ and tiled predictions equal the project's predict; offline."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,8 @@ import torch
 
 from conftest import REPO
 from paper_unet.config import load_config
-from paper_unet.export import PredictionModule, export_bioimageio, package_geometry
+from paper_unet.export import (ARCHITECTURE_FILE, PredictionModule, architecture_source, export_bioimageio,
+                               package_geometry)
 from paper_unet.model import UNet
 from paper_unet.tiling import predict
 from paper_unet.train import train
@@ -60,8 +62,41 @@ def test_the_wrapped_network_equals_predict_at_several_sizes(isbi):
             np.testing.assert_allclose(got, predict(model, image[:h, :w])[1], atol=1e-6)
 
 
+def test_the_architecture_file_needs_torch_only_and_builds_the_network_the_state_dict_fits(tmp_path):
+    """The package's architecture file imports nothing but torch and math (checked in its syntax tree, and by
+    running it in a fresh interpreter where paper_unet cannot be imported); the network it builds takes the
+    state dict of our wrapped network strictly and computes exactly what ours computes (the same code)."""
+    source = architecture_source()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+    assert imported == {"__future__", "math", "torch", "torch.nn.functional"}
+
+    torch.manual_seed(0)
+    ours = PredictionModule(UNet(base_channels=4, depth=3), 20, 20).eval()
+    x = torch.rand(1, 1, 64, 96)
+    with torch.no_grad():
+        expected = ours(x)
+    (tmp_path / ARCHITECTURE_FILE).write_text(source)
+    torch.save(ours.state_dict(), tmp_path / "state_dict.pt")
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, runpy, torch; sys.modules['paper_unet'] = None; "
+            f"ns = runpy.run_path({str(tmp_path / ARCHITECTURE_FILE)!r}); "
+            "net = ns['prediction_module'](base_channels=4, depth=3, before=20, after=20); "
+            f"net.load_state_dict(torch.load({str(tmp_path / 'state_dict.pt')!r}, weights_only=True), strict=True); "
+            f"torch.save(net(torch.load({str(tmp_path / 'x.pt')!r})).detach(), {str(tmp_path / 'y.pt')!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    got = torch.load(tmp_path / "y.pt")
+    assert got.shape == (1, 1, 64, 96) and torch.equal(got, expected)
+
+
 def test_bioimageio_core_passes_the_package_and_its_tiled_prediction_equals_predict(checkpoint, isbi, tmp_path):
-    from bioimageio.core import load_model_description, predict as bioimageio_predict, test_model
+    from bioimageio.core import (create_prediction_pipeline, load_model_description, predict as bioimageio_predict,
+                                 test_model)
 
     package = export_bioimageio(checkpoint, tmp_path / "model.zip", sample=isbi[0], authors=["A. Tester"])
     summary = test_model(package)
@@ -72,7 +107,11 @@ def test_bioimageio_core_passes_the_package_and_its_tiled_prediction_equals_pred
     assert "scale_linear" in rdf and "gain: 0.00392156862745098" in rdf  # uint8 / 255 inside the package
     assert "mode: reflect" in rdf and "halo: 20" in rdf
     names = set(zipfile.ZipFile(package).namelist())
-    assert {"weights.pt", "test_input.npy", "test_output.npy", "cover.png", "README.md"} <= names
+    assert {"weights.pt", "state_dict.pt", ARCHITECTURE_FILE, "test_input.npy", "test_output.npy", "cover.png",
+            "README.md"} <= names
+    assert "pytorch_state_dict:" in rdf and "callable: prediction_module" in rdf and "parent: pytorch_state_dict" in rdf
+    tested = {str(detail.loc) for detail in summary.details} | {detail.name for detail in summary.details}
+    assert any("pytorch_state_dict" in text for text in tested) and any("torchscript" in text for text in tested)
     readme = zipfile.ZipFile(package).read("README.md").decode()
     assert "## Validation" in readme and "10.1007/978-3-319-24574-4_28" in readme
 
@@ -81,10 +120,12 @@ def test_bioimageio_core_passes_the_package_and_its_tiled_prediction_equals_pred
     network, _ = model_from_checkpoint(checkpoint)
     expected = predict(network, isbi[2].astype(np.float32) / 255)[1]
     raw = isbi[2][None, None].astype(np.float32)  # a test slice the package has not seen, as a user gives it
-    for blocksize in (None, 0):  # the whole image; small blocks (so it really tiles: 16 blocks of 52 px)
-        out = bioimageio_predict(model=descr, inputs=raw, blocksize_parameter=blocksize)
-        got = out.members["probability"].data.values[0, 0]
-        np.testing.assert_allclose(got, expected, atol=1e-4)
+    for weights in ("pytorch_state_dict", "torchscript"):
+        pipeline = create_prediction_pipeline(descr, weight_format=weights)
+        for blocksize in (None, 0):  # the whole image; small blocks (so it really tiles: 16 blocks of 52 px)
+            out = bioimageio_predict(model=pipeline, inputs=raw, blocksize_parameter=blocksize)
+            got = out.members["probability"].data.values[0, 0]
+            np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{weights}, blocksize {blocksize}")
 
 
 def test_per_stack_normalisation_is_left_to_the_user_and_said_so(isbi, tmp_path):
