@@ -311,8 +311,9 @@ and seed on the same fold (held-out slices of fold {any_row.get('fold', '?')}), 
 scored with all five challenge metrics. The seed-to-seed spread of the full method ({', '.join(noise)} against {full})
 is the noise floor: a difference is listed as beyond it when it is larger than that spread.
 Data: `ablations.csv` (every row with its commit, hardware, date, training time). Precision is the profile's
-`auto` (bf16 autocast + channels_last on a CPU with native bf16, fp32 elsewhere), so rows trained on different
-CPUs differ in precision too: each row's `hardware` names its path where it was recorded.
+`run.bf16` / `run.channels_last` at the row's commit (since 2026-11-30 `auto`: bf16 autocast + channels_last on a
+CPU with native bf16, fp32 elsewhere), so rows trained on different CPUs may differ in precision: each row's
+`hardware` names its path where it was recorded.
 
 {chr(10).join(lines)}
 

@@ -16,7 +16,7 @@ Options:
   --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU: about 30 min on one H100 with
                    --parallel-folds, estimated from 19,000 iterations in 11.3 min, measured),
                    cpu (width 16, 572 tiles; for everything on 2 cores: 84 min measured on a
-                   CPU with AVX512-BF16, where it trains in bf16; about 6-7.5 h projected on
+                   CPU with AVX512-BF16, where it trains in bf16; about 5-7.5 h projected on
                    an AVX2-only CPU, where it trains in fp32), smoke (pipeline check, < 3 min).
                    Default: paper when a CUDA GPU is available, else cpu. Before the long work
                    the run measures a few steps and prints its estimate for this machine.
@@ -93,7 +93,7 @@ if [ -z "$profile" ]; then
 ========================================================================================
  No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles). On 2 cores it
  took 84 min for everything on a CPU with AVX512-BF16 (measured) and needs about
- 6-7.5 h on an AVX2-only CPU (projected); the estimate for this machine follows.
+ 5-7.5 h on an AVX2-only CPU (projected); the estimate for this machine follows.
  Its numbers are a CPU reproduction, NOT the paper setting.
  The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
 ========================================================================================
