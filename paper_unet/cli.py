@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run these variants only (full, no_border_term, plain_cross_entropy, no_elastic, "
                                 "no_augmentation, no_tta, padded_unet, padded_no_bn, no_dropout, full_seed1; and, by "
                                 "name only, the padded networks' popular setup: padded_unet_popular, "
-                                "padded_no_bn_popular)")
+                                "padded_no_bn_popular; and the precision control full_fp32: the full method in "
+                                "fp32 on any CPU)")
     ablations.add_argument("--fold", type=int, default=2, help="cross-validation fold (default 2: slices 20-29)")
     ablations.add_argument("--out", default="runs/ablations", help="run directories, one per variant")
     ablations.add_argument("--full-from", metavar="RUN_DIR",

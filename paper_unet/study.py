@@ -26,7 +26,7 @@ from paper_unet.tables import (METRICS, PAPER_TABLE1, markdown_table, put_sectio
                                study_section, write_csv)
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
-           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "ablation_variants", "touching_cells_window",
+           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "CONTROLS", "ablation_variants", "touching_cells_window",
            "write_ablation_report", "adopt_network"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
@@ -55,6 +55,10 @@ NOISE = {"full_seed1": ["run.seed=1"]}  # the full method again with another see
 POPULAR = {"padded_unet_popular": ['model.network="padded"', "model.dropout=0.0", "data.label_whole_tile=true"],
            "padded_no_bn_popular": ['model.network="padded"', "model.padded_batch_norm=false", "model.dropout=0.0",
                                     "data.label_whole_tile=true"]}
+# The full method in plain fp32 (NCHW) on any machine: the precision control. `auto` trains in bf16 + channels_last on a
+# CPU with native bf16 and in fp32 elsewhere, so rows trained on different CPU classes differ in precision too; this
+# row, set beside `full`, measures what precision alone changes. Runnable by name (--only), not part of the default study.
+CONTROLS = {"full_fp32": ["run.bf16=false", "run.channels_last=false"]}
 
 
 def ablation_pairs() -> list[tuple[str, list[str]]]:
@@ -62,13 +66,14 @@ def ablation_pairs() -> list[tuple[str, list[str]]]:
 
 
 def ablation_variants(names: list[str] | None = None) -> list[Variant]:
-    """The ablations and the noise run, in order (``names``: a subset)."""
-    table = {**ABLATIONS, **NOISE, **POPULAR}
+    """The ablations and the noise run, in order (``names``: a subset, which may name the popular-setup and
+    control rows too)."""
+    table = {**ABLATIONS, **NOISE, **POPULAR, **CONTROLS}
     unknown = sorted(set(names or []) - set(table))
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(table)}")
     return [Variant(name, overrides, REUSE.get(name)) for name, overrides in table.items()
-            if (name in names if names is not None else name not in POPULAR)]
+            if (name in names if names is not None else name not in {**POPULAR, **CONTROLS})]
 
 
 def _flat(config: Config | dict) -> dict:
@@ -261,7 +266,8 @@ WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 
                         "labelled centre as the U-Net's",
         "padded_unet_popular": "PaddedUNet, the popular setup: no dropout, loss over the whole 572 tile",
         "padded_no_bn_popular": "PaddedUNet without BatchNorm, the popular setup: no dropout, loss over the whole tile",
-        "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)"}
+        "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)",
+        "full_fp32": "the full method in fp32 (NCHW) whatever the CPU (precision control)"}
 
 
 def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", full: str = "full",

@@ -79,6 +79,22 @@ def test_the_popular_padded_setup_differs_from_the_fair_one_in_dropout_and_label
     assert [v.name for v in ablation_variants(["padded_unet_popular"])] == ["padded_unet_popular"]
 
 
+def test_the_precision_control_differs_from_the_full_method_in_precision_only():
+    """full_fp32: the full method with bf16 and channels_last forced off (fp32 NCHW on every machine), so that the
+    rows `auto` trained in fp32 on an AVX2-only CPU can be set beside a full method of the same precision; runnable
+    by name only."""
+    from paper_unet.config import load_config
+    from paper_unet.fastpath import resolve
+    from paper_unet.study import CONTROLS, ablation_variants
+    full, control = load_config("cpu"), load_config("cpu", CONTROLS["full_fp32"])
+    a, b = flat(full), flat(control)
+    assert {k for k in a if a[k] != b[k]} == {"run.bf16", "run.channels_last"}
+    path = resolve(control.run.bf16, control.run.channels_last, "cpu")
+    assert (path.bf16, path.channels_last) == (False, False)
+    assert "full_fp32" not in {v.name for v in ablation_variants()}
+    assert [v.name for v in ablation_variants(["full_fp32"])] == ["full_fp32"]
+
+
 def test_the_padded_network_is_labelled_on_the_unpadded_networks_centre(isbi_dir):
     """Fair: the same 92 input tile (smoke: depth 3), labels on its 52 x 52 centre, and the loss of the padded
     network's 92 x 92 output taken on that centre; the popular setup labels the whole tile."""
