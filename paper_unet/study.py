@@ -26,8 +26,8 @@ from paper_unet.tables import (METRICS, PAPER_TABLE1, markdown_table, put_sectio
                                study_section, write_csv)
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
-           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "CONTROLS", "ablation_variants", "touching_cells_window",
-           "write_ablation_report", "adopt_network"]
+           "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "CONTROLS", "ablation_variants",
+           "touching_cells_window", "write_ablation_report", "adopt_network"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
 # it is) in one ingredient; "padded_no_bn" is "padded_unet" less its BatchNorm, so that the two
