@@ -233,6 +233,7 @@ def _ablations(args: argparse.Namespace) -> int:
     command = args.command_line or "paper-unet ablations " + " ".join(sys.argv[2:])
     run_variants(args.profile, variants, load_isbi2012(args.data_dir), Path(args.out), csv_path, fold=args.fold,
                  common=args.set or [], progress=not args.quiet, command=command, slices=results / "slices",
+                 curves=results / "curves",
                  adopt={"full": Path(args.full_from)} if args.full_from else None)
     readme = write_ablation_report(csv_path, results, command=command)
     print(f"done: {len(variants)} variant(s) on fold {args.fold}; table {readme}")

@@ -27,7 +27,7 @@ from paper_unet.tables import (METRICS, PAPER_TABLE1, markdown_table, put_sectio
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
            "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "CONTROLS", "ablation_variants",
-           "touching_cells_window", "write_ablation_report", "adopt_network"]
+           "touching_cells_window", "write_ablation_report", "adopt_network", "keep_curves"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
 # it is) in one ingredient; "padded_no_bn" is "padded_unet" less its BatchNorm, so that the two
@@ -190,9 +190,22 @@ def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict,
             "date_utc": prov["date_utc"]}
 
 
+def keep_curves(fold_dir: Path, curves: Path, name: str) -> bool:
+    """Copy a variant's logs (``train_log.csv``, ``val_log.csv`` of its fold) to ``curves/NAME_train.csv`` and
+    ``curves/NAME_val.csv``: small files that outlive the run folder, for the report's figure of the training
+    curves. False (nothing copied) when the fold has no training log."""
+    if not (fold_dir / "train_log.csv").is_file():
+        return False
+    curves.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fold_dir / "train_log.csv", curves / f"{name}_train.csv")
+    if (fold_dir / "val_log.csv").is_file():
+        shutil.copyfile(fold_dir / "val_log.csv", curves / f"{name}_val.csv")
+    return True
+
+
 def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Path, csv_path: Path, *,
                  fold: int = 2, common: list[str] | None = None, progress: bool = True,
-                 command: str | None = None, slices: Path | None = None,
+                 command: str | None = None, slices: Path | None = None, curves: Path | None = None,
                  adopt: dict[str, Path] | None = None) -> list[dict]:
     """Train and score each variant on ``fold``; merge its row into ``csv_path`` as soon as it ends.
 
@@ -201,7 +214,8 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     A variant with ``reuse`` predicts and scores that variant's checkpoints (which must exist, and
     whose config may differ only in prediction settings). With ``slices``, a crop of the first
     held-out slice where cells touch is kept per variant (``slices/NAME.png``, P(cell) x 255),
-    with the image and labels beside them (``_image.png``, ``_labels.png``), for a figure.
+    with the image and labels beside them (``_image.png``, ``_labels.png``), for a figure. With ``curves``,
+    each trained variant's training and validation logs are kept there (`keep_curves`).
     ``adopt`` maps a variant name to another run directory whose fold network was trained with
     exactly that variant's config: it is adopted (`adopt_network`) instead of trained again.
     """
@@ -240,6 +254,8 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
         row = _row(variant, config, fold, status, scores, timings, prov)
         if variant.reuse:
             row["train_min"] = f"(= {variant.reuse})"
+        if curves is not None and status == "ok" and not variant.reuse:
+            keep_curves(run_dir / f"fold{fold}", curves, variant.name)
         probabilities = run_dir / f"fold{fold}" / "val_probabilities.tif"
         if slices is not None and probabilities.is_file():
             import tifffile
@@ -268,6 +284,26 @@ WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 
         "padded_no_bn_popular": "PaddedUNet without BatchNorm, the popular setup: no dropout, loss over the whole tile",
         "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)",
         "full_fp32": "the full method in fp32 (NCHW) whatever the CPU (precision control)"}
+
+
+def _curves_figure(results: Path, names: list[str]) -> str:
+    """``ablations_curves.png`` from the logs kept in ``results/curves`` (`keep_curves`), and its README text;
+    "" when no variant's logs were kept."""
+    from paper_unet.plots import plot_loss_curves
+
+    kept = [name for name in names if (results / "curves" / f"{name}_train.csv").is_file()]
+    if not kept:
+        return ""
+    curves, validations = {}, {}
+    for name in kept:
+        log = read_rows(results / "curves" / f"{name}_train.csv")
+        curves[name] = (np.array([int(r["iteration"]) for r in log]), np.array([float(r["loss"]) for r in log]))
+        val = results / "curves" / f"{name}_val.csv"
+        validations[name] = [{k: float(v) for k, v in r.items()} for r in (read_rows(val) if val.is_file() else [])]
+    plot_loss_curves(curves, results / "ablations_curves.png", validations, title="training loss")
+    return ("\n![training curves of the variants whose logs were kept](ablations_curves.png)\n\nTraining loss and "
+            "validation errors (held-out slices, without TTA, every `run.validate_every` steps) of the variants "
+            f"whose logs were kept in `curves/` ({', '.join(kept)}; the other rows' logs were not kept).\n")
 
 
 def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", full: str = "full",
@@ -307,6 +343,7 @@ def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", f
         figure = ("\n![every variant on one held-out slice](ablations_slice.png)\n\nOne held-out slice, zoomed on the "
                   "128x128 window where cells touch most (the most Eq. 2 border weight): image, labels, and P(cell) of "
                   "every variant (white = cell).\n")
+    figure += _curves_figure(results, list(rows))
     text = f"""# Ablations: what each of the paper's ingredients buys (ISBI 2012)
 
 Every variant differs from the full method in one ingredient (`paper_unet.study.ABLATIONS`; a test compares

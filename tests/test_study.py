@@ -168,6 +168,13 @@ def test_run_ablations_end_to_end_on_three_variants(isbi_dir, tmp_path):
     readme = (results / "README.md").read_text()
     assert "| padded_unet |" in readme and "u-net, paper Table 1" in readme
     assert (results / "slices" / "padded_unet.png").is_file()
+    # the trained variants' logs are kept (no_tta trains nothing) and drawn
+    kept = sorted(path.name for path in (results / "curves").iterdir())
+    assert kept == ["full_train.csv", "full_val.csv", "padded_unet_train.csv", "padded_unet_val.csv"]
+    assert (results / "curves" / "full_val.csv").read_text() == (tmp_path / "runs" / "full" / "fold2" /
+                                                                 "val_log.csv").read_text()
+    assert (results / "ablations_curves.png").stat().st_size > 1000
+    assert "ablations_curves.png" in readme and "(full, padded_unet; the other rows' logs were not kept)" in readme
 
 
 @pytest.mark.slow
