@@ -303,7 +303,8 @@ def _curves_figure(results: Path, names: list[str]) -> str:
     plot_loss_curves(curves, results / "ablations_curves.png", validations, title="training loss")
     return ("\n![training curves of the variants whose logs were kept](ablations_curves.png)\n\nTraining loss and "
             "validation errors (held-out slices, without TTA, every `run.validate_every` steps) of the variants "
-            f"whose logs were kept in `curves/` ({', '.join(kept)}; the other rows' logs were not kept).\n")
+            f"whose logs were kept in `curves/` ({', '.join(kept)}"
+            + ("; the other rows' logs were not kept" if len(kept) < len(names) else "") + ").\n")
 
 
 def write_ablation_report(csv_path: Path, results: Path, *, command: str = "", full: str = "full",
