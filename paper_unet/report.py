@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from paper_unet.config import Config, load_config
-from paper_unet.tables import (METRICS, PAPER_TABLE1, PER_THRESHOLD, fmt, read_csv, study_section,
+from paper_unet.tables import (METRICS, PAPER_TABLE1, PER_THRESHOLD, fmt, loss_curve, read_csv, study_section,
                                write_csv)
 
 __all__ = ["write_report", "write_lr_check", "PAPER_TABLE1", "prediction_method", "single_tile"]
@@ -41,9 +41,7 @@ def _figures(run: Path, results: Path, summary: dict, isbi_dir: Path | None) -> 
     figures.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4))
     for name in sorted(p.name for p in run.iterdir() if p.is_dir() and (p / "train_log.csv").is_file()):
-        rows = read_csv(run / name / "train_log.csv")
-        it = np.array([int(r["iteration"]) for r in rows])
-        loss = np.array([float(r["loss"]) for r in rows])
+        it, loss = loss_curve(read_csv(run / name / "train_log.csv"))
         window = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax_loss.plot(it[window - 1:], smooth, label=name)
@@ -309,7 +307,7 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
     for row in data["rows"]:
         name = f"lr {row['lr']:g}"
         log = read_csv(run / f"lr_{row['lr']:g}" / "train_log.csv")
-        curves[name] = (np.array([int(r["iteration"]) for r in log]), np.array([float(r["loss"]) for r in log]))
+        curves[name] = loss_curve(log)
         validations[name] = row.get("validation", [])
         csv_rows += [{"lr": f"{row['lr']:g}", **r} for r in log]
     write_csv(results / "loss_curves.csv", csv_rows)

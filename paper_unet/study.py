@@ -22,7 +22,7 @@ import numpy as np
 
 from paper_unet.config import Config, load_config
 from paper_unet.data import ISBI2012, cv_folds
-from paper_unet.tables import (METRICS, PAPER_TABLE1, markdown_table, put_section, read_rows,
+from paper_unet.tables import (METRICS, PAPER_TABLE1, loss_curve, markdown_table, put_section, read_rows,
                                study_section, write_csv)
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
@@ -72,8 +72,9 @@ def ablation_variants(names: list[str] | None = None) -> list[Variant]:
     unknown = sorted(set(names or []) - set(table))
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    by_name_only = {**POPULAR, **CONTROLS}
     return [Variant(name, overrides, REUSE.get(name)) for name, overrides in table.items()
-            if (name in names if names is not None else name not in {**POPULAR, **CONTROLS})]
+            if (name in names if names is not None else name not in by_name_only)]
 
 
 def _flat(config: Config | dict) -> dict:
@@ -296,10 +297,9 @@ def _curves_figure(results: Path, names: list[str]) -> str:
         return ""
     curves, validations = {}, {}
     for name in kept:
-        log = read_rows(results / "curves" / f"{name}_train.csv")
-        curves[name] = (np.array([int(r["iteration"]) for r in log]), np.array([float(r["loss"]) for r in log]))
-        val = results / "curves" / f"{name}_val.csv"
-        validations[name] = [{k: float(v) for k, v in r.items()} for r in (read_rows(val) if val.is_file() else [])]
+        curves[name] = loss_curve(read_rows(results / "curves" / f"{name}_train.csv"))
+        validations[name] = [{k: float(v) for k, v in r.items()}
+                             for r in read_rows(results / "curves" / f"{name}_val.csv")]
     plot_loss_curves(curves, results / "ablations_curves.png", validations, title="training loss")
     return ("\n![training curves of the variants whose logs were kept](ablations_curves.png)\n\nTraining loss and "
             "validation errors (held-out slices, without TTA, every `run.validate_every` steps) of the variants "

@@ -11,7 +11,9 @@ import csv
 import math
 from pathlib import Path
 
-__all__ = ["PAPER_TABLE1", "METRICS", "PER_THRESHOLD", "fmt", "read_csv", "read_rows", "write_csv",
+import numpy as np
+
+__all__ = ["PAPER_TABLE1", "METRICS", "PER_THRESHOLD", "fmt", "read_csv", "read_rows", "loss_curve", "write_csv",
            "markdown_table", "study_section", "put_section"]
 
 # Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
@@ -41,6 +43,11 @@ def read_csv(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def loss_curve(log: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, losses) of the rows of a run's ``train_log.csv`` (`read_csv`)."""
+    return np.array([int(r["iteration"]) for r in log]), np.array([float(r["loss"]) for r in log])
 
 
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
