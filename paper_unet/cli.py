@@ -11,6 +11,8 @@ from paper_unet import __version__
 
 # Paper Table 1, row 1 (u-net, ISBI 2012 leaderboard of 6 March 2015).
 PAPER_UNET = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
+# Paper Table 2, the u-net's IOU on the two cell data sets of the ISBI cell tracking challenge 2015.
+PAPER_UNET_IOU = {"PhC-U373": 0.9203, "DIC-HeLa": 0.7756}
 SINGLE_TILE_MAX = 1024  # predict: one tile per slice up to this edge, else the paper's 572-px tiles
 METRIC_NAMES = {"warping_error": "warping error", "rand_error": "Rand error",
                 "pixel_error": "pixel error", "vrand_thinned": "V_rand (thinned)",
@@ -32,18 +34,36 @@ def _load_config(args: argparse.Namespace):
     return config
 
 
-def _read_training_pair(images_path, labels_path, normalization: str, channel: int | None, what: str):
+def _read_training_pair(images_path, labels_path, config, channel: int | None, what: str, force_labels: bool):
     """Normalised float32 images and binary labels from files or folders, checked against each other."""
     from paper_unet.images import normalize, read_images, read_labels
 
     raw, _ = read_images(images_path, channel=channel, what=f"{what} images")
-    labels, encoding = read_labels(labels_path, what=f"{what} labels")
+    labels, encoding = read_labels(labels_path, what=f"{what} labels", force=force_labels)
     if labels.shape != raw.shape:
         raise ValueError(f"{what} labels {labels_path} have shape {labels.shape} but the images {images_path} "
                          f"have {raw.shape}: they must match slice for slice")
+    method = config.data.normalize
     print(f"{what}: {raw.shape[0]} slice(s) {raw.shape[1]}x{raw.shape[2]} {raw.dtype}, normalised by "
-          f"'{normalization}'; labels: {encoding}", file=sys.stderr)
-    return normalize(raw, normalization), labels
+          f"'{method}'{_percentiles(config)}; labels: {encoding}", file=sys.stderr)
+    return normalize(raw, method, config.data.percentiles), labels
+
+
+def _percentiles(config) -> str:
+    low, high = config.data.percentiles
+    return (f" (percentiles {low:g} and {high:g} of the stack to 0 and 1, clipped)"
+            if config.data.normalize == "percentile" else "")
+
+
+def _warn_narrow_range(images) -> None:
+    """The warning for training images that use a sliver of [0, 1] after normalisation."""
+    from paper_unet.images import NARROW_RANGE, dynamic_range
+
+    span = dynamic_range(images)
+    if span < NARROW_RANGE:
+        print(f"warning: after normalisation the training images span only {span:.3f} of [0, 1] (0.1st to 99.9th "
+              f"percentile): the network may not train. If your data use fewer bits than their type (12-bit values "
+              f"in a 16-bit file), use --normalize percentile", file=sys.stderr)
 
 
 def _record_normalization(args: argparse.Namespace, config, dtype):
@@ -58,61 +78,108 @@ def _record_normalization(args: argparse.Namespace, config, dtype):
     return config, method
 
 
+def _own_data(args: argparse.Namespace, config):
+    """Your own data (--images/--labels, optional --val-images/--val-labels): the config with its normalisation
+    resolved for them, and (images, labels, val_images, val_labels)."""
+    if not (args.images and args.labels):
+        raise ValueError("--images and --labels go together (the training images and their labels)")
+    if args.fold is not None:
+        raise ValueError("--fold splits the ISBI training slices; with your own data give --val-images "
+                         "and --val-labels instead")
+    if bool(args.val_images) != bool(args.val_labels):
+        raise ValueError("--val-images and --val-labels go together")
+    from paper_unet.images import read_images
+
+    first, _ = read_images(args.images, channel=args.channel, what="training images")
+    config, _ = _record_normalization(args, config, first.dtype)
+    images, labels = _read_training_pair(args.images, args.labels, config, args.channel, "training",
+                                         args.force_labels)
+    _warn_narrow_range(images)
+    val_images = val_labels = None
+    if args.val_images:
+        val_images, val_labels = _read_training_pair(args.val_images, args.val_labels, config, args.channel,
+                                                     "validation", args.force_labels)
+    return config, (images, labels, val_images, val_labels)
+
+
+def _isbi_data(args: argparse.Namespace, config):
+    """ISBI 2012's training slices (all, or --fold's split), normalised as the reproduction does."""
+    if args.val_images or args.val_labels:
+        raise ValueError("--val-images/--val-labels need --images and --labels (your own data); for ISBI "
+                         "use --fold")
+    from paper_unet.data import cv_folds, load_isbi2012
+    from paper_unet.images import normalize
+
+    isbi = load_isbi2012(args.data_dir)
+    config, method = _record_normalization(args, config, isbi.train_images.dtype)
+    images, labels = normalize(isbi.train_images, method, config.data.percentiles), isbi.train_labels
+    if args.fold is None:
+        return config, (images, labels, None, None)
+    train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
+    return config, (images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+
+
+def _own_data_defaults(args: argparse.Namespace) -> None:
+    """Add the own-data defaults (`config.OWN_DATA`) that the user's --set does not give, and say so."""
+    from paper_unet.config import OWN_DATA
+
+    given = {text.split("=", 1)[0].strip() for text in args.set or []}
+    added = [f"{key}={value}" for key, value in OWN_DATA.items() if key not in given]
+    if added:
+        print(f"own data: {', '.join(added)} (the own-data defaults, on top of the profile: README \"Your own "
+              f"data\"; --set KEY=VALUE overrides)", file=sys.stderr)
+    args.set = [*(args.set or []), *added]
+
+
 def _train(args: argparse.Namespace) -> int:
-    from paper_unet.train import train
+    from paper_unet.restart import train_with_restarts
 
     if args.normalize:
         args.set = [*(args.set or []), f'data.normalize="{args.normalize}"']
+    own = bool(args.images or args.labels)
+    if own:
+        _own_data_defaults(args)
     config = _load_config(args)
-    if args.images or args.labels:
-        if not (args.images and args.labels):
-            raise ValueError("--images and --labels go together (the training images and their labels)")
-        if args.fold is not None:
-            raise ValueError("--fold splits the ISBI training slices; with your own data give --val-images "
-                             "and --val-labels instead")
-        if bool(args.val_images) != bool(args.val_labels):
-            raise ValueError("--val-images and --val-labels go together")
-        from paper_unet.images import read_images
-
-        first, _ = read_images(args.images, channel=args.channel, what="training images")
-        config, method = _record_normalization(args, config, first.dtype)
-        images, labels = _read_training_pair(args.images, args.labels, method, args.channel, "training")
-        val_images = val_labels = None
-        if args.val_images:
-            val_images, val_labels = _read_training_pair(args.val_images, args.val_labels, method, args.channel,
-                                                         "validation")
-    else:
-        if args.val_images or args.val_labels:
-            raise ValueError("--val-images/--val-labels need --images and --labels (your own data); for ISBI "
-                             "use --fold")
-        from paper_unet.data import cv_folds, load_isbi2012
-        from paper_unet.images import normalize
-
-        isbi = load_isbi2012(args.data_dir)
-        config, method = _record_normalization(args, config, isbi.train_images.dtype)
-        images, labels = normalize(isbi.train_images, method), isbi.train_labels
-        val_images = val_labels = None
-        if args.fold is not None:
-            train_idx, val_idx = cv_folds(len(images), config.run.folds)[args.fold]
-            images, labels, val_images, val_labels = (images[train_idx], isbi.train_labels[train_idx],
-                                                      images[val_idx], isbi.train_labels[val_idx])
+    config, (images, labels, val_images, val_labels) = (_own_data if own else _isbi_data)(args, config)
     if args.from_previous and not args.resume:
         raise ValueError("--from-previous goes with --resume (it picks the checkpoint a resumed run starts from)")
     if args.init_from and not Path(args.init_from).is_file():
         raise FileNotFoundError(f"--init-from checkpoint {args.init_from} not found")
-    result = train(config, images, labels, args.out, val_images=val_images, val_labels=val_labels,
-                   resume=args.resume, progress=not args.quiet, init_from=args.init_from,
-                   from_previous=args.from_previous)
+    result, config = train_with_restarts(config, images, labels, args.out, val_images=val_images,
+                                         val_labels=val_labels, resume=args.resume, progress=not args.quiet,
+                                         init_from=args.init_from, from_previous=args.from_previous)
+    if result.iterations == config.optim.iterations:
+        _check_trained(Path(args.out) / "last.pt", images[:1], labels[:1], val_images, val_labels, config)
     print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; last loss "
           f"{result.last_loss:.4f}; checkpoints in {result.out_dir}")
-    if val_images is not None and result.iterations == config.optim.iterations:
-        from paper_unet.segment import calibrate_checkpoint
-
-        threshold = calibrate_checkpoint(Path(args.out) / "last.pt", val_images, val_labels,
-                                         device=_device(config.run.device))
-        print(f"mask threshold chosen on the validation slices (best pixel error): P(cell) > {threshold:g}; "
-              f"stored in {Path(args.out) / 'last.pt'}")
     return 0
+
+
+def _check_trained(last: Path, images, labels, val_images, val_labels, config) -> None:
+    """After the last iteration: a network with an uninformative output is an error, never "trained"; with
+    validation data, the post-processing for `predict` is chosen on it and stored in ``last``."""
+    from paper_unet.segment import ConstantOutput, calibrate_checkpoint, choose_post_processing
+
+    device = _device(config.run.device)
+    try:
+        if val_images is None:  # the constant-output check alone, on one training slice without TTA
+            from paper_unet.checkpoint import model_from_checkpoint
+            from paper_unet.tiling import predict_stack
+
+            choose_post_processing(predict_stack(model_from_checkpoint(last, device)[0], images, device=device,
+                                                 progress=False), labels)
+            return
+        chosen = calibrate_checkpoint(last, val_images, val_labels, device=device)
+    except ConstantOutput as error:
+        raise RuntimeError(f"{error}. The training did not work: start again (a new --out) with a lower "
+                           f"learning rate (--set optim.lr={config.optim.lr / 10:g}, now {config.optim.lr:g}) or a "
+                           f"longer warm-up (--set optim.warmup=N, now {config.optim.warmup})") from error
+    scores = (f"; on the validation images IOU {chosen['iou']:.4f}, SEG {chosen['seg']:.4f}"
+              if chosen["label_kind"] == "cells" else "")
+    size = f" and cells of at least {chosen['min_size']} px (best IOU)" if chosen["label_kind"] == "cells" else ""
+    print(f"labels are {'cells on a background' if chosen['label_kind'] == 'cells' else 'membranes between cells'}: "
+          f"mask threshold P(cell) > {chosen['threshold']:g} (best {chosen['chosen_by']}){size} chosen "
+          f"on the validation slices{scores}; stored in {last}")
 
 
 def _device(name: str):
@@ -137,7 +204,8 @@ def _export(args: argparse.Namespace) -> int:
     from paper_unet.export import INSTALL_HINT, export_bioimageio
 
     try:
-        package = export_bioimageio(args.checkpoint, args.output, sample=sample, name=args.name, authors=args.author)
+        package = export_bioimageio(args.checkpoint, args.output, sample=sample, name=args.name, authors=args.author,
+                                    weights=args.weights)
     except ImportError as error:
         raise RuntimeError(INSTALL_HINT) from error
     print(f"wrote {package}: a bioimage.io model package (spec 0.5); check it with `bioimageio test {package}`")
@@ -148,14 +216,13 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from paper_unet.images import normalize, read_images, write_tiff
-    from paper_unet.segment import DEFAULT_THRESHOLD, binary_mask, label_cells
     from paper_unet.tiling import predict_stack, valid_input_size
-    from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint
+    from paper_unet.checkpoint import model_from_checkpoint
 
     raw, info = read_images(args.input, channel=args.channel, what="input")  # bad input: fail first
     device = _device(args.device or "auto")
     model, config = model_from_checkpoint(args.checkpoint, device)
-    images = normalize(raw, config.data.normalize)  # the normalisation the model was trained with
+    images = normalize(raw, config.data.normalize, config.data.percentiles)  # as the model was trained
     outputs = [Path(p) for p in (args.output, args.save_mask, args.save_cells) if p]
     if len(set(outputs)) != len(outputs) or Path(args.input) in outputs:
         raise ValueError("--output, --save-mask, --save-cells and --input must be different files")
@@ -167,22 +234,44 @@ def _predict(args: argparse.Namespace) -> int:
                                   progress=not args.quiet)
     write_tiff(args.output, probabilities.astype(np.float32), info)
     print(f"wrote {args.output}: float32 {probabilities.shape}, P(cell) (1 = cell), TTA {'on' if tta else 'off'}, "
-          f"normalisation '{config.data.normalize}'")
+          f"normalisation '{config.data.normalize}'{_percentiles(config)}")
+    from paper_unet.collapse import uninformative
+
+    if uninformative(probabilities):
+        print(f"WARNING: P(cell) is nearly the same everywhere ({float(probabilities.min()):.4f} to "
+              f"{float(probabilities.max()):.4f}, within one step of the threshold grid, so every mask is empty or "
+              f"full): this checkpoint's network does not respond to its input (a dead network, or an untrained "
+              f"one). Its masks and cells mean nothing; train it again (paper-unet train stops on a dead network and "
+              f"says what to change)", file=sys.stderr)
     if args.save_mask or args.save_cells:
-        stored = load_checkpoint(args.checkpoint).get("threshold")
-        threshold = args.threshold if args.threshold is not None else (
-            stored if stored is not None else DEFAULT_THRESHOLD)
-        source = ("--threshold" if args.threshold is not None else
-                  "chosen on validation data" if stored is not None else "default")
-        mask = binary_mask(probabilities, threshold)
-        if args.save_mask:
-            write_tiff(args.save_mask, mask, info)
-            print(f"wrote {args.save_mask}: uint8 mask, 255 = cell (P(cell) > {threshold:g}, {source})")
-        if args.save_cells:
-            cells = label_cells(mask)
-            write_tiff(args.save_cells, cells, info)
-            print(f"wrote {args.save_cells}: {cells.dtype} cell labels (4-connected), {int(cells.max())} cells")
+        _save_segmentation(args, probabilities, info)
     return 0
+
+
+def _save_segmentation(args: argparse.Namespace, probabilities, info) -> None:
+    """--save-mask / --save-cells: the mask at the threshold, without components below the minimum size."""
+    from paper_unet.checkpoint import load_checkpoint
+    from paper_unet.images import write_tiff
+    from paper_unet.segment import DEFAULT_THRESHOLD, binary_mask, label_cells, remove_small
+
+    state = load_checkpoint(args.checkpoint)
+    stored, stored_size = state.get("threshold"), state.get("min_size")
+    threshold = args.threshold if args.threshold is not None else (
+        stored if stored is not None else DEFAULT_THRESHOLD)
+    source = ("--threshold" if args.threshold is not None else
+              "chosen on validation data" if stored is not None else "default")
+    min_size = args.min_size if args.min_size is not None else (stored_size or 0)
+    size_source = ("--min-size" if args.min_size is not None else
+                   "chosen on validation data" if stored_size is not None else "default: off")
+    mask = remove_small(binary_mask(probabilities, threshold), min_size)
+    kept = f", components under {min_size} px dropped ({size_source})" if min_size > 1 else f", no minimum size ({size_source})"
+    if args.save_mask:
+        write_tiff(args.save_mask, mask, info)
+        print(f"wrote {args.save_mask}: uint8 mask, 255 = cell (P(cell) > {threshold:g}, {source}){kept}")
+    if args.save_cells:
+        cells = label_cells(mask)
+        write_tiff(args.save_cells, cells, info)
+        print(f"wrote {args.save_cells}: {cells.dtype} cell labels (4-connected{kept}), {int(cells.max())} cells")
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -270,12 +359,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     labels = read_stack(args.labels, "labels")
     if args.membrane:
         proposal = 1.0 - proposal.astype(np.float32)
+    reference = labels
+    if len(np.unique(labels)) > 2:  # an instance mask: binary for the challenge metrics, ids for SEG
+        from paper_unet.images import instance_to_binary
+
+        labels = instance_to_binary(labels)
     result = metrics.evaluate(proposal, labels).as_dict()
     print(f"{'metric':<18} {'value':>12}   paper u-net (Table 1)")
     for key, name in METRIC_NAMES.items():
         paper = f"{PAPER_UNET[key]:.6g}" if key in PAPER_UNET else "-"
         better = "higher" if key.startswith("v") else "lower"
         print(f"{name:<18} {result[key]:>12.6g}   {paper:<10} ({better} is better)")
+    result.update(_cell_scores(proposal, labels, reference))
     if args.per_threshold:
         print("\nper threshold (P > t):")
         print(f"{'t':>6} {'pixel F':>10} {'Rand F':>10} {'warping':>10} {'V_rand':>10} {'V_info':>10}")
@@ -289,6 +384,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _cell_scores(proposal, labels, reference) -> dict:
+    """evaluate's Table 2 lines: IOU and SEG at the grid's threshold with the best IOU."""
+    from paper_unet.cell_metrics import best_iou_threshold, iou, seg
+    from paper_unet.segment import binary_mask, label_kind
+
+    threshold = best_iou_threshold(proposal, reference)  # foreground: every cell id's pixels
+    mask = binary_mask(proposal, threshold)
+    scores = {"iou": iou(mask, reference), "seg": seg(mask, reference), "iou_threshold": threshold}
+    paper = ", ".join(f"{k} {v:g}" for k, v in PAPER_UNET_IOU.items())
+    print(f"{'IOU':<18} {scores['iou']:>12.6g}   {paper} (Table 2; higher is better)")
+    print(f"{'SEG':<18} {scores['seg']:>12.6g}   -          (Cell Tracking Challenge; higher is better)")
+    kind = label_kind(labels)
+    print(f"(IOU and SEG at P(cell) > {threshold:g}, the grid's best IOU. The labels look like "
+          f"{'cells on a background: IOU and SEG are the measures that fit' if kind == 'cells' else 'membranes between cells (EM): the challenge metrics above are the ones that fit'})")
+    return scores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,8 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-labels", help="validation labels")
     train.add_argument("--normalize", choices=["auto", "dtype", "minmax", "percentile"],
                        help="intensities to [0, 1]: dtype (integer data / its type's maximum), minmax, "
-                            "percentile (1st-99th, clipped); auto (default) = dtype for integer data, "
-                            "percentile for float data. Stored in the checkpoint for predict")
+                            "percentile (data.percentiles, default 1st-99th, clipped); auto (default) = dtype "
+                            "for uint8, percentile for every other type (12- or 14-bit data in 16-bit files "
+                            "included). Stored in the checkpoint for predict and export")
+    train.add_argument("--force-labels", action="store_true",
+                       help="accept labels that look like an intensity image (ids scattered in many pieces) "
+                            "as an instance mask")
     train.add_argument("--init-from", metavar="CHECKPOINT",
                        help="fine-tune: start from this checkpoint's weights (same network width and depth)")
     train.add_argument("--resume", action="store_true",
@@ -373,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the cells: 4-connected components of the mask, uint16 (uint32 "
                               "beyond 65,535 cells), ids unique over the stack")
     predict.add_argument("--threshold", type=float, help="mask threshold P(cell) > t (overrides the stored one)")
+    predict.add_argument("--min-size", type=int, metavar="N",
+                         help="drop connected components of fewer than N pixels from --save-mask and --save-cells "
+                              "(default: the size chosen on the validation data for cells on a background, by "
+                              "IOU; off for membranes and for checkpoints trained without validation data)")
     add_input_options(predict)
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="average the 8 dihedral transforms (default: the checkpoint config's)")
@@ -429,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_options(export)
     export.add_argument("--name", help="the model's name in the package (letters, digits, spaces, _+-())")
     export.add_argument("--author", action="append", help="an author of the model (repeatable)")
+    export.add_argument("--weights", choices=["both", "pytorch_state_dict", "torchscript"], default="both",
+                        help="the weight formats in the package: both (default; bioimageio.core loads the state "
+                             "dict, deepImageJ and QuPath TorchScript), or one of them (half the size)")
     export.set_defaults(func=_export)
 
     estimate = commands.add_parser(
@@ -478,14 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     evaluate = commands.add_parser(
-        "evaluate", help="score a proposal with the ISBI 2012 challenge metrics",
-        description="Score a probability map against binary labels with the challenge's five "
+        "evaluate", help="score a proposal with the ISBI 2012 challenge metrics and the paper's Table 2 IOU",
+        description="Score a probability map against labels with the challenge's five "
                     "metrics (warping, Rand and pixel error; V_rand and V_info after thinning), "
-                    "each the best over the evaluator's threshold grid.")
+                    "each the best over the evaluator's threshold grid, and with the measures of the paper's "
+                    "Table 2 for cells on a background: IOU (foreground Jaccard index) and the Cell Tracking "
+                    "Challenge's SEG, at the grid's threshold with the best IOU.")
     evaluate.add_argument("--proposal", required=True, metavar="P.tif",
                           help="float TIFF stack in [0, 1], 1 = cell (the submission format)")
     evaluate.add_argument("--labels", required=True, metavar="L.tif",
-                          help="binary label stack, 0 = membrane, > 0 = cell")
+                          help="label stack: binary (0 = membrane or background, > 0 = cell) or an instance "
+                               "mask (one id per cell; SEG then matches each id)")
     evaluate.add_argument("--membrane", action="store_true",
                           help="the proposal holds P(membrane): use 1 - P")
     evaluate.add_argument("--per-threshold", action="store_true",

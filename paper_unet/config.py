@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "load_config",
-           "config_from_dict", "PROFILE_DIR", "profiles"]
+           "config_from_dict", "PROFILE_DIR", "profiles", "OWN_DATA"]
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -46,6 +46,7 @@ class DataConfig:
     flip: bool = True  # [ours]
     gray_values: bool = True  # [ours] gamma / contrast / brightness
     normalize: str = "auto"  # [ours] intensities to [0, 1]: auto | dtype | minmax | percentile (images.py)
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # [ours] normalize = percentile: to 0 and 1
     # model.network = "padded" only: labels and loss over the whole tile (the popular setup); default: the
     # central region the unpadded network predicts for the same tile (388 of 572), for a fair ablation
     label_whole_tile: bool = False
@@ -62,7 +63,11 @@ class OptimConfig:
     lr_decay: float = 0.1  # [ours]
     warmup: int = 0  # [ours] linear warm-up: lr x (i + 1) / warmup for iterations i < warmup (0: none)
     divergence_factor: float = 20.0  # stop when the smoothed loss exceeds this x its start
-    collapse_patience: int = 5  # stop after this many log intervals of a constant output (0: off)
+    collapse_patience: int = 5  # stop after this many log intervals of a dead network (collapse.py; 0: off)
+    # [ours] after a dead network or a diverging loss, start again from the initial weights at restart_factor x lr,
+    # at most this many times (restart.py). 0 in every profile; `paper-unet train` on your own data sets it
+    restarts: int = 0
+    restart_factor: float = 0.1
 
 
 @dataclass
@@ -99,6 +104,12 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# `paper-unet train` on your own data (--images/--labels) adds these to the profile unless --set gives them:
+# data we have never seen must not end in a dead network (README "Your own data"; the study that chose them:
+# results/own_data/). The ISBI reproduction does not use them.
+OWN_DATA = {"optim.restarts": 2}
 
 
 def _build(cls, values: dict, where: str):
@@ -141,6 +152,9 @@ def _validate(config: Config) -> None:
         raise ValueError("optim: lr > 0, 0 <= momentum < 1, iterations >= 1 and batch_size >= 1 are required")
     if not 0 < o.lr_decay_at <= 1:
         raise ValueError("optim.lr_decay_at must be in (0, 1]")
+    if o.restarts < 0 or not 0 < o.restart_factor < 1:
+        raise ValueError(f"optim.restarts must be >= 0 and optim.restart_factor in (0, 1), got {o.restarts} and "
+                         f"{o.restart_factor}")
     if not 0 <= o.warmup < o.iterations:
         raise ValueError(f"optim.warmup must be >= 0 and below optim.iterations ({o.iterations}), got {o.warmup}")
     if min(r.log_every, r.validate_every, r.checkpoint_every) < 1:
@@ -156,6 +170,12 @@ def _validate(config: Config) -> None:
         raise ValueError("model.padded_batch_norm=false applies to the padded network only (the paper's U-Net "
                          "has no BatchNorm): add model.network=\"padded\" or drop the setting")
 
+    low_high = config.data.percentiles
+    if not (isinstance(low_high, list) and len(low_high) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in low_high)
+            and 0 <= low_high[0] < low_high[1] <= 100):
+        raise ValueError(f"data.percentiles must be [low, high] with 0 <= low < high <= 100, got {low_high!r}")
+    config.data.percentiles = [float(v) for v in low_high]
     if config.data.normalize not in NORMALIZATIONS:
         raise ValueError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {config.data.normalize!r}")
     if r.compile_mode not in ("default", "reduce-overhead", "max-autotune"):

@@ -22,10 +22,12 @@ TorchScript, such as deepImageJ and QuPath). The wrapping:
 
 The checkpoint's intensity normalisation goes into the package where bioimage.io can express it
 exactly: ``dtype`` normalisation as ``scale_linear`` (1/255 for uint8, 1/65535 for uint16; the sample
-image's type decides, so pass a sample like the training images). ``minmax`` and ``percentile`` are
-per-stack statistics that no bioimage.io step reproduces: the package then takes images already in
-[0, 1] and its README says how to normalise them. The input tensor's data type is float32, what it
-is after preprocessing; consumers cast integer images to it first.
+image's type decides, so pass a sample like the training images); ``percentile`` (the checkpoint's
+``data.percentiles``) and ``minmax`` (percentiles 0 and 100) as ``scale_range`` over the image's y and x
+followed by ``clip`` to [0, 1]. Those two are statistics of the image: the package computes them per
+image, ``paper-unet predict`` per stack (the same for one image). ``scale_range`` adds ``EPS`` to the
+range of raw values it divides by (negligible beside a range of tens or thousands of grey values). The
+input tensor's data type is float32; consumers cast integer images to it first.
 
 The package also holds a real test input (the sample, cropped to the 16-px grid) with the test
 output of the project's own predict on it, a cover (input beside P(cell)), a README (method,
@@ -87,6 +89,8 @@ def prediction_module(in_channels: int = 1, num_classes: int = 2, base_channels:
 
 
 ARCHITECTURE_FILE = "paper_unet_architecture.py"
+EPS = 1e-6  # scale_range's epsilon (bioimage.io's default)
+WEIGHT_FORMATS = ("both", "pytorch_state_dict", "torchscript")
 
 _ARCHITECTURE_HEADER = '''"""The network of a paper_unet bioimage.io package: the U-Net of Ronneberger, Fischer & Brox (MICCAI 2015)
 with its mirrored context inside, P(cell) out; `prediction_module(**kwargs)` builds it (the kwargs: rdf.yaml).
@@ -133,20 +137,26 @@ def package_geometry(depth: int) -> dict:
             "min_size": (2 * halo // period + 1) * period}
 
 
-def _preprocessing(method: str, sample: np.ndarray) -> tuple[float | None, str]:
-    """(gain of scale_linear or None, what the README says about intensities)."""
+def _preprocessing(spec, method: str, sample: np.ndarray, percentiles: list[float]) -> tuple[list, bool, str]:
+    """The package's preprocessing steps for the checkpoint's normalisation, whether the test input is the raw
+    sample (else the normalised one), and what the README says about intensities."""
     if method == "dtype" and sample.dtype.kind in "ui":
         top = np.iinfo(sample.dtype).max
-        return 1.0 / top, (f"{sample.dtype} images, divided by {top} inside the package (the checkpoint's "
-                           f"`dtype` normalisation); give them as they are")
+        return [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=1.0 / top))], True, (
+            f"{sample.dtype} images, divided by {top} inside the package (the checkpoint's `dtype` normalisation); "
+            f"give them as they are")
     if method == "dtype":
-        return None, "float images already in [0, 1] (the checkpoint's `dtype` normalisation of float data)"
-    return None, (f"images normalised to [0, 1] **before** they are given to the model: the checkpoint was "
-                  f"trained with `{method}` normalisation (per stack: "
-                  + ("minimum to 0, maximum to 1" if method == "minmax" else
-                     "the 1st percentile to 0, the 99.8th to 1, clipped") +
-                  "), which no bioimage.io preprocessing step reproduces. `paper_unet.images.normalize(stack, "
-                  f"'{method}')` does it in Python")
+        return [], False, "float images already in [0, 1] (the checkpoint's `dtype` normalisation of float data)"
+    low, high = (0.0, 100.0) if method == "minmax" else percentiles
+    scale = spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
+        axes=[spec.AxisId("y"), spec.AxisId("x")], min_percentile=low, max_percentile=high, eps=EPS))
+    clip = spec.ClipDescr(kwargs=spec.ClipKwargs(min=0.0, max=1.0))
+    what = ("its minimum to 0 and its maximum to 1" if method == "minmax" else
+            f"its percentile {low:g} to 0 and its percentile {high:g} to 1, clipped")
+    return [scale, clip], True, (
+        f"images of any type and range, normalised inside the package as the checkpoint's `{method}` normalisation "
+        f"does: each image {what} (`scale_range` then `clip`). `paper-unet predict` computes these percentiles "
+        f"per stack, the package per image: the same for one image, close for a stack of similar slices")
 
 
 def _sample_slice(sample: np.ndarray, period: int, min_size: int) -> np.ndarray:
@@ -233,13 +243,32 @@ def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict 
     return "\n".join(lines) + "\n"
 
 
+def _weights(spec, weights: str, work: Path, version, kwargs: dict):
+    """The package's weight entries: the state dict with its architecture file, TorchScript, or both (TorchScript
+    then names the state dict as its parent)."""
+    entries = {}
+    if weights in ("both", "pytorch_state_dict"):
+        entries["pytorch_state_dict"] = spec.PytorchStateDictWeightsDescr(
+            source=work / "state_dict.pt", pytorch_version=version,
+            architecture=spec.ArchitectureFromFileDescr(source=work / ARCHITECTURE_FILE,
+                                                        callable=spec.Identifier("prediction_module"), kwargs=kwargs))
+    if weights in ("both", "torchscript"):
+        entries["torchscript"] = spec.TorchscriptWeightsDescr(
+            source=work / "weights.pt", pytorch_version=version,
+            **({"parent": "pytorch_state_dict"} if weights == "both" else {}))
+    return spec.WeightsDescr(**entries)
+
+
 def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.ndarray,
-                      name: str | None = None, authors: list[str] | None = None) -> Path:
+                      name: str | None = None, authors: list[str] | None = None, weights: str = "both") -> Path:
     """Write ``checkpoint``'s network as a bioimage.io model package (a .zip) to ``output``.
 
     ``sample``: a raw image (or stack: its first slice) like the training images; it becomes the
-    package's test input and decides how integer intensities are scaled. Returns the package path.
+    package's test input and decides how integer intensities are scaled. ``weights``: ``both`` (default),
+    ``pytorch_state_dict`` or ``torchscript`` (half the size: one copy of the network). Returns the package path.
     """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
     try:
         from bioimageio.spec import save_bioimageio_package
         from bioimageio.spec.model import v0_5 as spec
@@ -264,8 +293,8 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
     geometry = package_geometry(model.depth)
     raw = _sample_slice(np.asarray(sample), geometry["period"], geometry["min_size"])
     method = resolve_normalization(config.data.normalize, raw.dtype)  # "auto": as train resolved it
-    gain, intensities = _preprocessing(method, raw)
-    image = normalize(raw[None], method)[0]  # what predict gives the network
+    preprocessing, raw_input, intensities = _preprocessing(spec, method, raw, config.data.percentiles)
+    image = normalize(raw[None], method, config.data.percentiles)[0]  # what predict gives the network
     expected = predict(model, image)[1].astype(np.float32)  # P(cell), no TTA: what the package must give
     kwargs = {"in_channels": model.in_channels, "num_classes": model.num_classes,
               "base_channels": model.base_channels, "depth": model.depth, "variant": model.variant,
@@ -278,7 +307,7 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        test_input = raw.astype(np.float32) if gain is not None else image  # before preprocessing
+        test_input = raw.astype(np.float32) if raw_input else image  # before preprocessing
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the size checks in forward: sizes vary
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: what deepImageJ and QuPath load
@@ -294,7 +323,6 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
         (work / "README.md").write_text(_readme(config, state, intensities, geometry, scores, name))
         space = spec.ParameterizedSize(min=geometry["min_size"], step=geometry["period"])
         version = spec.Version(torch.__version__.split("+")[0])
-        preprocessing = [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain))] if gain is not None else []
         descr = spec.ModelDescr(
             name=name,
             description="U-Net (Ronneberger et al. 2015) for membrane segmentation in EM: P(cell) per pixel, "
@@ -330,14 +358,7 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
                 test_tensor=spec.FileDescr(source=work / "test_output.npy"),
                 sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
                 data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))],
-            weights=spec.WeightsDescr(
-                pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
-                    source=work / "state_dict.pt", pytorch_version=version,
-                    architecture=spec.ArchitectureFromFileDescr(source=work / ARCHITECTURE_FILE,
-                                                                callable=spec.Identifier("prediction_module"),
-                                                                kwargs=kwargs)),
-                torchscript=spec.TorchscriptWeightsDescr(source=work / "weights.pt", pytorch_version=version,
-                                                         parent="pytorch_state_dict")),
+            weights=_weights(spec, weights, work, version, kwargs),
         )
         save_bioimageio_package(descr, output_path=output)
     return output

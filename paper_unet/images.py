@@ -10,10 +10,18 @@ hyperstacks) or as a folder of PNG / TIFF slices, so:
   channels (RGB, or an ImageJ channel axis) are refused unless ``channel`` picks one.
 - `normalize` maps intensities to [0, 1]: ``dtype`` divides integer data by its type's maximum
   (uint8 / 255, uint16 / 65535; float data must already lie in [0, 1]), ``minmax`` stretches the
-  stack's minimum and maximum to 0 and 1, ``percentile`` stretches its 1st and 99th percentiles and
-  clips. ``auto`` (the default) is ``dtype`` for integer data and ``percentile`` for float data.
-  The method is part of the run's config (``data.normalize``), saved in every checkpoint, so a
-  model predicts with the normalisation it was trained with.
+  stack's minimum and maximum to 0 and 1, ``percentile`` stretches its 1st and 99th percentiles
+  (``data.percentiles``) to 0 and 1 and clips. ``auto`` (the default) is ``dtype`` for uint8 (and
+  bool) data and ``percentile`` for every other type. Why: uint8 images have been scaled to their
+  8 bits by whoever wrote them (ISBI's EM slices span 0-255; the reproduction's input stays
+  exactly uint8 / 255), but 16-bit files usually hold a 12- or 14-bit detector's values (0-4095 or
+  0-16383), which ``dtype`` would squeeze into the bottom 6 % or 25 % of [0, 1], where the network
+  does not train at the defaults (docs/own_data.md, results/own_data/). Percentiles, as cellpose
+  and stardist use by default, give the same input whatever the bit depth, offset or gain.
+  The resolved method and its percentiles are part of the run's config (``data.normalize``,
+  ``data.percentiles``), saved in every checkpoint, so a model predicts (and its bioimage.io
+  package normalises) the way it was trained. `dynamic_range` measures how much of [0, 1] a
+  normalised stack uses, for the warning when it is tiny.
 - `read_labels` accepts binary labels in the usual encodings (0/255, 0/1, bool, 0/any one value)
   and labelled instance masks (one integer per cell, 0 = background), which become cells and
   membranes: a cell pixel becomes membrane where a 4-neighbour belongs to another cell, so
@@ -30,12 +38,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-__all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "resolve_normalization",
-           "instance_to_binary", "write_tiff", "NORMALIZATIONS", "IMAGE_SUFFIXES"]
+__all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "resolve_normalization", "dynamic_range",
+           "check_instance_mask", "instance_to_binary", "write_tiff", "NORMALIZATIONS", "IMAGE_SUFFIXES",
+           "NARROW_RANGE"]
 
 NORMALIZATIONS = ("auto", "dtype", "minmax", "percentile")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-PERCENTILES = (1.0, 99.0)
+PERCENTILES = (1.0, 99.0)  # the default of data.percentiles
+NARROW_RANGE = 0.05  # a normalised training stack whose 0.1-99.9 percentile span is below this gets a warning
 
 
 @dataclass
@@ -153,15 +163,15 @@ def read_images(path: str | Path, *, channel: int | None = None, what: str = "im
 
 
 def resolve_normalization(method: str, dtype: np.dtype | str) -> str:
-    """The method that ``auto`` stands for with this dtype (``dtype`` for integers, else ``percentile``)."""
+    """The method that ``auto`` stands for with this dtype (``dtype`` for uint8 and bool, else ``percentile``)."""
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
     if method != "auto":
         return method
-    return "dtype" if np.dtype(dtype).kind in "uib" else "percentile"
+    return "dtype" if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(bool)) else "percentile"
 
 
-def normalize(stack: np.ndarray, method: str = "auto") -> np.ndarray:
+def normalize(stack: np.ndarray, method: str = "auto", percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Intensities in [0, 1] as float32 (Z, H, W), by ``method`` (see the module docstring)."""
     method = resolve_normalization(method, stack.dtype)
     if stack.dtype == np.uint8 and method == "dtype":
@@ -170,26 +180,41 @@ def normalize(stack: np.ndarray, method: str = "auto") -> np.ndarray:
     if not np.isfinite(data).all():
         raise ValueError("the images contain NaN or infinite values; clean them before training or predicting")
     if method == "dtype":
-        if stack.dtype.kind == "b":
-            return data
-        if stack.dtype.kind in "ui":
-            info = np.iinfo(stack.dtype)
-            if info.min < 0:
-                raise ValueError(f"signed {stack.dtype} images have no [0, max] range; use --normalize minmax "
-                                 f"or --normalize percentile")
-            return data / np.float32(info.max)
-        lo, hi = float(data.min()), float(data.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"float images with values in [{lo:.4g}, {hi:.4g}] cannot be normalised by their "
-                             f"type; use --normalize percentile (or minmax)")
-        return data
+        return _by_dtype(stack, data)
     if method == "minmax":
         lo, hi = float(data.min()), float(data.max())
     else:
-        lo, hi = (float(v) for v in np.percentile(data, PERCENTILES))
+        low, high = percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"data.percentiles must be two values 0 <= low < high <= 100, got {list(percentiles)}")
+        lo, hi = (float(v) for v in np.percentile(data, (low, high)))
     if hi <= lo:
         raise ValueError(f"the images are constant (all {lo:.4g}) under --normalize {method}: nothing to segment")
     return np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _by_dtype(stack: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """``dtype``: integers divided by their type's maximum; bool as 0/1; float data as it is (in [0, 1])."""
+    if stack.dtype.kind == "b":
+        return data
+    if stack.dtype.kind in "ui":
+        info = np.iinfo(stack.dtype)
+        if info.min < 0:
+            raise ValueError(f"signed {stack.dtype} images have no [0, max] range; use --normalize minmax "
+                             f"or --normalize percentile")
+        return data / np.float32(info.max)
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"float images with values in [{lo:.4g}, {hi:.4g}] cannot be normalised by their "
+                         f"type; use --normalize percentile (or minmax)")
+    return data
+
+
+def dynamic_range(normalized: np.ndarray) -> float:
+    """The span of a normalised stack between its 0.1st and 99.9th percentiles (at most 1)."""
+    sample = np.asarray(normalized).ravel()[:: max(1, np.asarray(normalized).size // 4_000_000)]
+    lo, hi = np.percentile(sample, (0.1, 99.9))
+    return float(hi - lo)
 
 
 def instance_to_binary(instances: np.ndarray) -> np.ndarray:
@@ -210,11 +235,44 @@ def instance_to_binary(instances: np.ndarray) -> np.ndarray:
     return (cell & ~border).astype(np.uint8)
 
 
-def read_labels(path: str | Path, *, what: str = "labels") -> tuple[np.ndarray, str]:
+def check_instance_mask(labels: np.ndarray, *, what: str = "labels", checked: int = 64) -> None:
+    """Refuse an intensity image given as an instance mask: in a mask each id is one cell, one piece
+    (a few ids may come in two, cut by the frame or a neighbour); a grey value is scattered over the
+    whole image in many pieces. ``ValueError`` when more than half of the ``checked`` largest ids of
+    the first slice that holds several lie in more than two 4-connected pieces."""
+    from scipy import ndimage
+
+    for z in range(labels.shape[0]):
+        ids, counts = np.unique(labels[z], return_counts=True)
+        keep = ids != 0
+        ids, counts = ids[keep], counts[keep]
+        if len(ids) >= 3:
+            break
+    else:
+        return
+    image = labels[z]
+    boxes = ndimage.find_objects(image) if image.dtype.kind == "u" and int(ids.max()) <= 4 * image.size else None
+    scattered, worst = 0, (0, 0)
+    chosen = ids[np.argsort(counts)[::-1][:checked]]
+    for value in chosen:
+        box = boxes[int(value) - 1] if boxes is not None else (slice(None), slice(None))
+        _, pieces = ndimage.label(image[box] == value)
+        scattered += pieces > 2
+        worst = max(worst, (pieces, int(value)))
+    if 2 * scattered > len(chosen):
+        raise ValueError(
+            f"{what} look like an intensity image, not an instance mask: {scattered} of the {len(chosen)} "
+            f"largest ids of slice {z} lie in more than 2 separate pieces (id {worst[1]}: {worst[0]} pieces), "
+            f"while a mask's id is one cell. Pass the labels (0 = background, one id per cell, or binary "
+            f"0/255), not the images; if this really is a mask, add --force-labels")
+
+
+def read_labels(path: str | Path, *, what: str = "labels", force: bool = False) -> tuple[np.ndarray, str]:
     """Binary labels (Z, H, W) uint8, 1 = cell, 0 = membrane, and the encoding found.
 
     Encodings: bool; two values 0 and v (0/1, 0/255, ...; v = cell); a labelled instance mask
-    (integers, several cell ids) -> `instance_to_binary`. Anything else is refused.
+    (integers, several cell ids) -> `instance_to_binary`, after `check_instance_mask` (skipped with
+    ``force``). Anything else is refused.
     """
     labels, _ = read_images(path, what=what)
     if labels.dtype == bool:
@@ -223,6 +281,8 @@ def read_labels(path: str | Path, *, what: str = "labels") -> tuple[np.ndarray, 
     if len(values) <= 2 and (values[0] == 0 or len(values) == 1) and (values >= 0).all():
         return (labels > 0).astype(np.uint8), f"binary 0/{values[-1]:g}"
     if labels.dtype.kind in "ui" and (values >= 0).all():
+        if not force:
+            check_instance_mask(labels, what=f"{what} {path}")
         return instance_to_binary(labels), f"instance mask ({len(values) - (values[0] == 0)} cell ids)"
     shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
     raise ValueError(f"{what} {path} are neither binary (0 = membrane and one cell value, e.g. 0/255 or 0/1) "

@@ -1,11 +1,22 @@
-"""From P(cell) to a segmentation: a threshold chosen on validation data, a mask, labelled cells.
+"""From P(cell) to a segmentation: a threshold and a minimum size chosen on validation data, a mask, cells.
 
 The challenge scores probability maps over a grid of thresholds (SPEC section 6); a researcher
-who wants a mask needs one threshold. `best_threshold` picks the challenge grid's threshold with
-the lowest pixel error on held-out slices (P(cell) > t = cell); a checkpoint that was trained with
-validation data stores it (`calibrate_checkpoint`), and `paper-unet predict --save-mask` uses it,
-else 0.5. Cells are the 4-connected components of the mask, the connectivity of the metrics,
-labelled 1, 2, ... over the whole stack (each slice's cells get their own ids).
+who wants a mask needs one threshold. Which one is best depends on what the labels are
+(`label_kind`):
+
+- **membranes** (EM, ISBI 2012: cells fill most of the image, thin membranes between them): the
+  challenge grid's threshold with the best pixel F-score (`best_threshold`); no minimum size.
+- **cells on a background** (light microscopy, the paper's Table 2: the background, label 0, covers
+  most of the image): the grid's threshold with the best IOU (`cell_metrics.best_iou_threshold`,
+  the paper's Table 2 measure), then the minimum cell size with the best IOU (`best_min_size`: a speck
+  of false cell pixels lowers the IOU; SEG cannot choose it, as it never counts a false object).
+
+A checkpoint that was trained with validation data stores both (`calibrate_checkpoint`, which refuses
+a network whose output is uninformative: `collapse`), and `paper-unet predict --save-mask/--save-cells` uses them,
+else 0.5 and no minimum size. Cells are the 4-connected components of the mask, the connectivity of the
+metrics, labelled 1, 2, ... over the whole stack (each slice's cells get their own ids);
+`remove_small` drops components of fewer than ``min_size`` pixels (`--min-size`, as cellpose and
+stardist offer) from the mask and so from the cells.
 """
 
 from __future__ import annotations
@@ -14,9 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["best_threshold", "binary_mask", "label_cells", "calibrate_checkpoint", "DEFAULT_THRESHOLD"]
+__all__ = ["best_threshold", "binary_mask", "label_cells", "remove_small", "label_kind", "best_min_size",
+           "choose_post_processing", "calibrate_checkpoint", "DEFAULT_THRESHOLD", "MIN_SIZE_FRACTIONS", "ConstantOutput"]
 
 DEFAULT_THRESHOLD = 0.5
+# candidate minimum sizes, as fractions of the median reference cell's area (0: keep everything)
+MIN_SIZE_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4)
+
+
+class ConstantOutput(ValueError):
+    """The network's output is the same everywhere: there is nothing to threshold."""
+
+
+def label_kind(labels: np.ndarray) -> str:
+    """``cells`` when the background (label 0) covers more than half of the pixels (cells on a
+    background), else ``membranes`` (EM: cells separated by thin membranes)."""
+    return "cells" if float(np.mean(np.asarray(labels) == 0)) > 0.5 else "membranes"
 
 
 def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -31,12 +55,29 @@ def binary_mask(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD)
     return np.where(np.asarray(probabilities, dtype=np.float64) > np.float64(threshold), 255, 0).astype(np.uint8)
 
 
-def label_cells(mask: np.ndarray) -> np.ndarray:
-    """4-connected cells of a (Z, H, W) mask, ids unique over the stack: uint16, or uint32 when
-    there are more than 65,535 cells."""
+def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """The mask (Z, H, W) without its 4-connected components of fewer than ``min_size`` pixels (same dtype)."""
     from paper_unet.metrics import cells
 
-    mask = np.asarray(mask) > 0
+    mask = np.asarray(mask)
+    if min_size <= 1:
+        return mask
+    out = mask.copy()
+    for z in range(mask.shape[0]):
+        labels, _ = cells(mask[z] > 0)
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        out[z][small[labels]] = 0
+    return out
+
+
+def label_cells(mask: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """4-connected cells of a (Z, H, W) mask (components of fewer than ``min_size`` pixels dropped),
+    ids unique over the stack: uint16, or uint32 when there are more than 65,535 cells."""
+    from paper_unet.metrics import cells
+
+    mask = remove_small(np.asarray(mask) > 0, min_size)
     out = np.zeros(mask.shape, dtype=np.int64)
     offset = 0
     for z in range(mask.shape[0]):
@@ -46,10 +87,48 @@ def label_cells(mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32)
 
 
+def best_min_size(mask: np.ndarray, reference: np.ndarray) -> int:
+    """The minimum size (a fraction of ``MIN_SIZE_FRACTIONS`` of the median reference cell's area, in
+    pixels) with the best IOU of ``mask`` against ``reference``; the smallest of equals."""
+    from paper_unet.cell_metrics import iou, objects
+
+    areas = [np.bincount(objects(r).ravel())[1:] for r in np.asarray(reference)]
+    areas = np.concatenate(areas) if areas else np.zeros(0)
+    if areas.size == 0:
+        return 0
+    median = float(np.median(areas))
+    candidates = sorted({int(round(f * median)) for f in MIN_SIZE_FRACTIONS})
+    scores = [iou(remove_small(mask, size), reference) for size in candidates]
+    return candidates[int(np.argmax(scores))]
+
+
+def choose_post_processing(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """What `calibrate_checkpoint` stores: the label kind, the threshold, the minimum size and the scores
+    at them. Raises `ConstantOutput` for an uninformative P(cell) (`collapse.uninformative`)."""
+    from paper_unet.cell_metrics import best_iou_threshold, cell_scores
+    from paper_unet.collapse import uninformative
+
+    if uninformative(probabilities):
+        raise ConstantOutput(f"the network's P(cell) is nearly the same everywhere on the images it was checked on "
+                             f"({float(np.min(probabilities)):.4f} to {float(np.max(probabilities)):.4f}, within one "
+                             f"step of the threshold grid, so every mask is empty or full): it has not learnt, and "
+                             f"no threshold can be chosen on it")
+    kind = label_kind(labels)
+    if kind == "membranes":
+        return {"label_kind": kind, "threshold": best_threshold(probabilities, labels), "min_size": 0,
+                "chosen_by": "pixel F-score"}
+    threshold = best_iou_threshold(probabilities, labels)
+    mask = binary_mask(probabilities, threshold)
+    min_size = best_min_size(mask, labels)
+    return {"label_kind": kind, "threshold": threshold, "min_size": min_size, "chosen_by": "IOU",
+            **cell_scores(remove_small(mask, min_size), labels)}
+
+
 def calibrate_checkpoint(checkpoint: str | Path, images: np.ndarray, labels: np.ndarray, *,
-                         device=None, progress: bool = False) -> float:
-    """Predict held-out ``images`` with the checkpoint (its TTA setting), store the best threshold in it
-    (``threshold``, rewritten atomically) and return it."""
+                         device=None, progress: bool = False) -> dict:
+    """Predict held-out ``images`` with the checkpoint (its TTA setting), store the chosen post-processing
+    in it (``threshold``, ``min_size``, ``post_processing``; rewritten atomically) and return it.
+    `ConstantOutput` (nothing stored) for a network whose output is uninformative."""
     from paper_unet.tiling import predict_stack
     from paper_unet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from paper_unet.distributed import resolve_device
@@ -57,8 +136,8 @@ def calibrate_checkpoint(checkpoint: str | Path, images: np.ndarray, labels: np.
     device = resolve_device("auto") if device is None else device
     model, config = model_from_checkpoint(checkpoint, device)
     probabilities = predict_stack(model, images, tta=config.run.tta, device=device, progress=progress)
-    threshold = best_threshold(probabilities, labels)
+    chosen = choose_post_processing(probabilities, labels)
     state = load_checkpoint(checkpoint)
-    state["threshold"] = threshold
+    state.update(threshold=chosen["threshold"], min_size=chosen["min_size"], post_processing=chosen)
     save_checkpoint(checkpoint, state)
-    return threshold
+    return chosen

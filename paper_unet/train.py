@@ -38,50 +38,44 @@ import torch
 
 from paper_unet import __version__
 from paper_unet.augment import AugmentConfig
-from paper_unet.config import Config
+from paper_unet.config import Config, config_from_dict
+from paper_unet.collapse import is_dead, looks_dead, nearly_constant, output_spread, uninformative
 from paper_unet.checkpoint import (build_model, load_checkpoint, load_weights, model_from_checkpoint,
                                    previous_path, save_checkpoint)
 from paper_unet.distributed import distributed, is_main_process, reduce_min, resolve_device
 from paper_unet.fastpath import FastPath, resolve as resolve_fast_path
 from paper_unet.model import UNet
 from paper_unet.runlock import hold
+from paper_unet.segment import label_kind
 from paper_unet.sampler import TileSampler
 from paper_unet.step import Levers, TrainingStep, cudnn_benchmark, make_optimizer, resolve_levers, train_step
 from paper_unet.stop import StopFlag, graceful_stop
 from paper_unet.tiling import predict_stack
 
 # the checkpoint and distributed names are re-exported here for code that imported them from train
-__all__ = ["train", "train_step", "training_sampler", "TrainResult", "TrainingDiverged", "collective_spread", "validate",
+__all__ = ["train", "train_step", "training_sampler", "TrainResult", "TrainingDiverged", "collective_dead", "output_spread", "validate",
            "learning_rate", "augment_config", "resolve_device", "build_model", "distributed", "is_main_process",
            "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint"]
 
 LOG_FIELDS = ["iteration", "loss", "lr", "seconds"]
 VAL_FIELDS = ["iteration", "pixel_error", "rand_error", "seconds"]
+CELL_FIELDS = ["iou", "seg"]  # val_log.csv of cells on a background (segment.label_kind) adds these
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf, grew far beyond its start, or the network output became constant."""
 
 
-def output_spread(logits: torch.Tensor) -> float:
-    """Spread over the tile of the class-1 minus class-0 logit margin; 0 for a dead network.
-
-    A too-large step can kill every ReLU of a level: the output is then the same at every pixel,
-    the loss sits at the class-prior value, and no gradient revives it.
-    """
-    margin = logits[:, 1] - logits[:, 0] if logits.shape[1] > 1 else logits[:, 0]
-    return float(margin.detach().float().std())
-
-
-def collective_spread(logits: torch.Tensor, world: int) -> float:
-    """`output_spread`, the smallest over all ranks (collective under DDP: every rank calls it).
+def collective_dead(logits: torch.Tensor, confirm, world: int) -> bool:
+    """Whether the network is dead (`collapse`: the training logits look constant and an fp32 pass of the
+    same tile, ``confirm()``, finds it so), on any rank (collective under DDP: every rank calls it).
 
     Every rank therefore takes the same collapse decision: a constant output on any rank (the
     replicas share their weights, so a dead network is dead everywhere) stops all ranks together
     instead of leaving the others waiting in the next all-reduce.
     """
-    spread = output_spread(logits)
-    return reduce_min(spread, logits.device) if world > 1 else spread
+    dead = looks_dead(logits) and confirm()
+    return reduce_min(0.0 if dead else 1.0, logits.device) == 0.0 if world > 1 else dead
 
 
 @dataclass
@@ -115,12 +109,20 @@ def training_sampler(config: Config, images: np.ndarray, labels: np.ndarray, dev
 
 def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device,
              tta: bool = False) -> dict:
-    """Pixel and Rand error of the model's P(cell) on held-out slices (overlap-tile inference)."""
+    """Pixel and Rand error of the model's P(cell) on held-out slices (overlap-tile inference); for cells on a
+    background (`segment.label_kind`) also the paper's Table 2 IOU and the SEG measure, at the grid's
+    threshold with the best IOU; ``uninformative``: every threshold of the grid gives an empty or a full mask
+    (`collapse.uninformative`); ``dead``: uninformative and nearly constant (`collapse.nearly_constant`)."""
     from paper_unet import metrics
+    from paper_unet.cell_metrics import best_iou_threshold, cell_scores
+    from paper_unet.segment import binary_mask
 
     probabilities = predict_stack(model, images, tta=tta, device=device, progress=False)
-    return {"pixel_error": metrics.pixel_error(probabilities, labels),
-            "rand_error": metrics.rand_error(probabilities, labels)}
+    scores = {"pixel_error": metrics.pixel_error(probabilities, labels),
+              "rand_error": metrics.rand_error(probabilities, labels)}
+    if label_kind(labels) == "cells":
+        scores.update(cell_scores(binary_mask(probabilities, best_iou_threshold(probabilities, labels)), labels))
+    return {**scores, "uninformative": uninformative(probabilities), "dead": nearly_constant(probabilities)}
 
 
 class _CsvLog:
@@ -223,10 +225,11 @@ def _resume_state(last: Path, device: torch.device, from_previous: bool) -> dict
                          f"or delete {last.parent} to start afresh") from error
 
 
-def _stop_checks(m: dict, last_loss: float, logits: torch.Tensor, world: int, o, iteration: int) -> None:
+def _stop_checks(m: dict, last_loss: float, dead, o, iteration: int) -> None:
     """The checks at the end of a log interval (``m``: the monitors, updated): raise `TrainingDiverged`
-    for a non-finite loss, a smoothed loss above ``divergence_factor`` x its start, or a constant
-    output for ``collapse_patience`` intervals in a row (decided collectively under DDP)."""
+    for a non-finite loss, a smoothed loss above ``divergence_factor`` x its start, or a dead network
+    (``dead()``: `collective_dead`) for ``collapse_patience`` intervals in a row (decided collectively under
+    DDP)."""
     if not math.isfinite(last_loss):
         raise TrainingDiverged(f"loss became {last_loss} at iteration {iteration}; lower "
                                f"optim.lr (now {o.lr:g}) and start again")
@@ -235,10 +238,16 @@ def _stop_checks(m: dict, last_loss: float, logits: torch.Tensor, world: int, o,
     if m["smoothed"] > o.divergence_factor * m["start_loss"]:
         raise TrainingDiverged(f"loss diverged: {m['smoothed']:.4g} at iteration {iteration} vs "
                                f"{m['start_loss']:.4g} at the start; lower optim.lr (now {o.lr:g})")
-    m["flat"] = m["flat"] + 1 if collective_spread(logits, world) < 1e-6 else 0
+    m["flat"] = m["flat"] + 1 if dead() else 0
     if o.collapse_patience and m["flat"] >= o.collapse_patience:
-        raise TrainingDiverged(f"the network collapsed to a constant output (dead ReLUs) by "
-                               f"iteration {iteration}; lower optim.lr (now {o.lr:g}) and start again")
+        raise TrainingDiverged(_dead_message(iteration, o, "on its training tiles"))
+
+
+def _dead_message(iteration: int, o, where: str) -> str:
+    return (f"the network collapsed to a constant output (dead ReLUs) by iteration {iteration}, {where}: its "
+            f"output no longer depends on the image, and no further step revives it. Start again (a new --out) with "
+            f"a lower learning rate, e.g. --set optim.lr={o.lr * 0.1:g} (now {o.lr:g}), or a warm-up, e.g. --set "
+            f"optim.warmup={max(o.warmup * 2, 500)} (now {o.warmup})")
 
 
 def _stop_now(stop: StopFlag, world: int, logged: bool, device: torch.device) -> bool:
@@ -269,7 +278,8 @@ class _Records:
     ``best.pt``) and the checkpoints. Rank 0 writes; the checkpoint's RNG gathering is collective."""
 
     def __init__(self, out: Path, config: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, fast: FastPath, levers: Levers, state: dict | None, init_from) -> None:
+                 device: torch.device, fast: FastPath, levers: Levers, state: dict | None, init_from,
+                 cells: bool = False) -> None:
         self.rank, self.world, _ = distributed()
         self.main = self.rank == 0
         self.out, self.config, self.model, self.optimizer, self.device = out, config, model, optimizer, device
@@ -283,7 +293,8 @@ class _Records:
             self.m = state.get("monitors", self.m)  # absent in checkpoints before 0.2: restart them
         self.running: torch.Tensor | None = None  # the step's device loss sum (`attach`)
         self.log = _CsvLog(out / "train_log.csv", LOG_FIELDS, self.start) if self.main else None
-        self.val_log = _CsvLog(out / "val_log.csv", VAL_FIELDS, self.start) if self.main else None
+        fields = VAL_FIELDS[:3] + (CELL_FIELDS if cells else []) + VAL_FIELDS[3:]
+        self.val_log = _CsvLog(out / "val_log.csv", fields, self.start) if self.main else None
         self.started = time.perf_counter()
 
     def seconds(self) -> float:
@@ -310,7 +321,7 @@ class _Records:
     def monitors(self) -> dict:
         return {**self.m, "running": float(self.running)}
 
-    def end_of_interval(self, iteration: int, lr: float, logits: torch.Tensor, bar) -> None:
+    def end_of_interval(self, iteration: int, lr: float, logits: torch.Tensor, confirm, bar) -> None:
         """The log interval's one host sync: its mean loss (averaged over ranks), the stop checks, the log."""
         if self.world > 1:
             import torch.distributed as dist
@@ -320,18 +331,31 @@ class _Records:
         last_loss = self.m["last_loss"] = self.running.item() / self.m["count"]
         self.running.zero_()
         self.m["count"] = 0
-        _stop_checks(self.m, last_loss, logits, self.world, self.config.optim, iteration)
+        _stop_checks(self.m, last_loss, lambda: collective_dead(logits, confirm, self.world), self.config.optim,
+                     iteration)
         if self.main:
             self.log.write({"iteration": iteration, "loss": f"{last_loss:.6f}", "lr": f"{lr:g}",
                             "seconds": f"{self.seconds():.1f}"})
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:g}")
 
     def validate(self, iteration: int, images: np.ndarray, labels: np.ndarray) -> None:
-        """Rank 0: the validation errors into val_log.csv, and ``best.pt`` at a new best Rand error."""
+        """Rank 0: the validation errors into val_log.csv, and ``best.pt`` at a new best Rand error, never from an
+        uninformative output (a dead network is not a trained one). Nearly constant at two validations in a row
+        stops a single-process run as dead (`TrainingDiverged`; with the collapse check on)."""
         scores = validate(self.model, images, labels, self.device)
+        useless, dead = scores.pop("uninformative"), scores.pop("dead")
         self.val_log.write({"iteration": iteration, **{k: f"{v:.6f}" for k, v in scores.items()},
                             "seconds": f"{self.seconds():.1f}"})
-        if scores["rand_error"] < self.best:
+        self.m["dead_validations"] = self.m.get("dead_validations", 0) + 1 if dead else 0
+        if useless:
+            print(f"{self.out.name}: iteration {iteration}: the network's P(cell) on the validation images lies within "
+                  f"one step of the threshold grid: every mask would be empty or full (a dead network); no best.pt "
+                  f"is written from it", file=sys.stderr)
+            o = self.config.optim
+            if self.m["dead_validations"] >= 2 and o.collapse_patience and self.world == 1:
+                raise TrainingDiverged(_dead_message(iteration, o, "on the validation images at two validations "
+                                                                   "in a row"))
+        elif scores["rand_error"] < self.best:
             self.best = scores["rand_error"]
             self.checkpoint(self.out / "best.pt", iteration, gather=False)  # rank 0 only: no collective
         self.model.train()
@@ -349,7 +373,7 @@ def _start_state(config: Config, out: Path, model: torch.nn.Module, optimizer: t
     last = out / "last.pt"
     if resume and (last.is_file() or from_previous):
         state = _resume_state(last, device, from_previous)
-        if state["config"] != config.to_dict():
+        if config_from_dict(state["config"]).to_dict() != config.to_dict():  # keys added since: their defaults
             raise ValueError(f"{last} was written with a different configuration; resume with the "
                              f"same profile and overrides, or use a new --out directory")
         if state.get("world_size", 1) != world:
@@ -402,7 +426,8 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
 
         train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     sampler = training_sampler(config, images, labels, device, o.iterations * o.batch_size, stream=rank)
-    rec = _Records(out, config, model, optimizer, device, fast, levers, state, init_from)
+    cells = val_labels is not None and label_kind(val_labels) == "cells"  # val_log.csv adds IOU and SEG
+    rec = _Records(out, config, model, optimizer, device, fast, levers, state, init_from, cells)
     step = TrainingStep(torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model, optimizer,
                         sampler, batch_size=o.batch_size, weight_map=config.data.weight_map, fast=fast,
                         graph=levers.cuda_graph, compiled_graphs=r.compile and r.compile_mode == "reduce-overhead",
@@ -419,7 +444,8 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
             rec.m["count"] += 1
             logged = (it + 1) % r.log_every == 0 or it + 1 == end
             if logged:  # one host sync per log interval
-                rec.end_of_interval(it + 1, lr, step.logits, bar)
+                rec.end_of_interval(it + 1, lr, step.logits, lambda: is_dead(model, sampler.batch([it * o.batch_size])[0]),
+                                    bar)
             if main and val_images is not None and ((it + 1) % r.validate_every == 0 or it + 1 == o.iterations):
                 rec.validate(it + 1, val_images, val_labels)
             saved = (it + 1) % r.checkpoint_every == 0 or it + 1 == o.iterations

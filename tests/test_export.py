@@ -128,19 +128,32 @@ def test_bioimageio_core_passes_the_package_and_its_tiled_prediction_equals_pred
             np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{weights}, blocksize {blocksize}")
 
 
-def test_per_stack_normalisation_is_left_to_the_user_and_said_so(isbi, tmp_path):
-    """percentile normalisation has no bioimage.io step: no preprocessing in the package, the test input is the
-    normalised sample, and the README says how to normalise."""
+def test_percentile_normalisation_travels_inside_the_package(isbi, tmp_path):
+    """12-bit data in a 16-bit file train with percentile normalisation (auto); the package normalises raw
+    images the same way (scale_range with the checkpoint's percentiles, then clip), so bioimageio.core's
+    prediction on the raw uint16 image equals `paper-unet predict`'s."""
+    from bioimageio.core import create_prediction_pipeline, load_model_description, predict as bioimageio_predict
     from bioimageio.core import test_model
 
+    from paper_unet.checkpoint import model_from_checkpoint
+    from paper_unet.images import normalize
+
+    twelve = isbi[0].astype(np.uint16) * 16
     out = tmp_path / "run"
-    train(load_config("smoke", ['data.normalize="percentile"']), isbi[0], isbi[1], out, progress=False)
-    package = export_bioimageio(out / "last.pt", tmp_path / "model.zip", sample=isbi[0])
+    train(load_config("smoke", ['data.normalize="percentile"', "data.percentiles=[2.0, 98.0]"]), twelve, isbi[1],
+          out, progress=False)
+    package = export_bioimageio(out / "last.pt", tmp_path / "model.zip", sample=twelve)
     assert test_model(package).status == "passed"
     rdf = zipfile.ZipFile(package).read("rdf.yaml").decode()
-    assert "scale_linear" not in rdf
+    assert "scale_linear" not in rdf and "scale_range" in rdf and "min_percentile: 2.0" in rdf and "clip" in rdf
     readme = zipfile.ZipFile(package).read("README.md").decode()
-    assert "normalised to [0, 1] **before**" in readme and "percentile" in readme
+    assert "normalised inside the package" in readme and "percentile 2 to 0" in readme
+    network, _ = model_from_checkpoint(out / "last.pt")
+    image = twelve[2].astype(np.uint16)  # a slice the package has not seen, raw
+    expected = predict(network, normalize(image[None], "percentile", [2.0, 98.0])[0])[1]
+    pipeline = create_prediction_pipeline(load_model_description(package), weight_format="pytorch_state_dict")
+    got = bioimageio_predict(model=pipeline, inputs=image[None, None].astype(np.float32)).members["probability"]
+    np.testing.assert_allclose(got.data.values[0, 0], expected, atol=1e-4)
 
 
 def test_bad_input_gives_clear_errors(checkpoint, isbi, tmp_path):

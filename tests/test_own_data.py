@@ -63,7 +63,9 @@ def test_the_three_encodings_of_the_same_data_give_the_same_prediction(em, tmp_p
 
 def test_auto_normalisation_by_dtype_and_percentile():
     u16 = np.array([[[0, 65535], [32768, 1000]]], np.uint16)
-    np.testing.assert_allclose(normalize(u16), u16 / 65535.0, rtol=1e-7)
+    np.testing.assert_allclose(normalize(u16, "dtype"), u16 / 65535.0, rtol=1e-7)
+    lo, hi = np.percentile(u16.astype(np.float32), (1, 99))  # auto = percentile for uint16
+    np.testing.assert_allclose(normalize(u16), np.clip((u16 - lo) / (hi - lo), 0, 1), rtol=1e-6)
     u8 = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
     assert np.array_equal(normalize(u8), u8.astype(np.float32) / np.float32(255))  # the ISBI path
     floats = np.linspace(-5, 500, 101, dtype=np.float32).reshape(1, 1, 101)
@@ -238,3 +240,76 @@ def test_a_channel_can_be_picked(em, tmp_path):
                      metadata={"axes": "ZCYX"})
     stack, _ = read_images(tmp_path / "two.tif", channel=1)
     np.testing.assert_array_equal(stack, images[:2] // 2)
+
+
+BIT_DEPTHS = {"8-bit": (np.uint8, 1, 0), "12-bit": (np.uint16, 16, 0), "14-bit": (np.uint16, 64, 0),
+              "16-bit": (np.uint16, 257, 0), "float + offset": (np.float32, 1 / 255, 3.0)}
+
+
+@pytest.mark.parametrize("depth", list(BIT_DEPTHS))
+def test_every_bit_depth_gives_the_network_the_same_input_under_auto(isbi_dir, depth):
+    """The same EM content as 8-, 12-, 14- and 16-bit integers and as float with an offset: `auto` takes percentile
+    for every type but uint8, and percentiles follow gain and offset, so the tensors agree (to float rounding) with
+    uint8 under percentile. Under the old auto (dtype for every integer type), 12-bit data spanned 0-0.062."""
+    u8 = tifffile.imread(isbi_dir / "train-volume.tif")[:4]
+    dtype, gain, offset = BIT_DEPTHS[depth]
+    data = (u8.astype(np.float64) * gain + offset).astype(dtype)
+    reference = normalize(u8, "percentile")
+    got = normalize(data) if depth != "8-bit" else normalize(data, "percentile")
+    np.testing.assert_allclose(got, reference, atol=2e-6)
+    if depth == "12-bit":
+        from paper_unet.images import NARROW_RANGE, dynamic_range
+
+        assert dynamic_range(normalize(data, "dtype")) < NARROW_RANGE < dynamic_range(got)
+
+
+def test_the_isbi_input_is_bit_identical(isbi_dir):
+    """The reproduction's uint8 slices are still divided by 255 under auto: the same tensors as before."""
+    u8 = tifffile.imread(isbi_dir / "train-volume.tif")
+    assert np.array_equal(normalize(u8), u8.astype(np.float32) / np.float32(255.0))
+    assert load_config("cpu").data.normalize == "auto" and load_config("paper").data.normalize == "auto"
+
+
+def test_twelve_bit_data_train_at_the_defaults_like_uint8_and_the_checkpoint_keeps_the_method(em, tmp_path, capsys):
+    """12-bit values in a 16-bit file: auto -> percentile, recorded in the checkpoint with its percentiles; the first
+    training losses equal those of the same slices as uint8 under percentile (the same tensors). With the old rule
+    (--normalize dtype) the input spans 0.06 of [0, 1] and a warning names the option that fixes it."""
+    images, labels = em
+    twelve = (images // 257).astype(np.uint16) * 16
+    save(tmp_path / "twelve.tif", twelve)
+    save(tmp_path / "eight.tif", (images // 257).astype(np.uint8))
+    save(tmp_path / "labels.tif", labels)
+    losses = {}
+    for name, extra in (("twelve", []), ("eight", ["--normalize", "percentile"])):
+        run = tmp_path / name
+        assert main(["train", *FAST, "--set", "optim.iterations=4", "--set", "run.log_every=1", "--set",
+                     "run.bf16=false", "--set", "run.channels_last=false", "--images",
+                     str(tmp_path / f"{name}.tif"), "--labels", str(tmp_path / "labels.tif"), "--out", str(run),
+                     *extra]) == 0
+        losses[name] = [float(line.split(",")[1]) for line in (run / "train_log.csv").read_text().splitlines()[1:]]
+    np.testing.assert_allclose(losses["twelve"], losses["eight"], rtol=1e-5)
+    config = load_checkpoint(tmp_path / "twelve" / "last.pt")["config"]
+    assert config["data"]["normalize"] == "percentile" and config["data"]["percentiles"] == [1.0, 99.0]
+    assert "warning" not in capsys.readouterr().err
+    assert main(["train", *FAST, "--images", str(tmp_path / "twelve.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--out", str(tmp_path / "dtype"), "--normalize", "dtype"]) == 0
+    err = capsys.readouterr().err
+    assert "span only 0.0" in err and "--normalize percentile" in err
+
+
+def test_an_intensity_image_given_as_labels_stops_before_training(em, tmp_path, capsys):
+    images, labels = em
+    save(tmp_path / "img.tif", images)
+    save(tmp_path / "wrong.tif", (images // 257).astype(np.uint8))  # the EM slices themselves, as "labels"
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "wrong.tif"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "look like an intensity image" in err and "--force-labels" in err and not out.exists()
+    assert main(["train", *FAST, "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "wrong.tif"),
+                 "--out", str(out), "--force-labels"]) == 0
+    from paper_unet.synthetic import SparseCells, sparse_cells
+
+    _, instances = sparse_cells(2, seed=0, params=SparseCells(height=120, width=140))
+    save(tmp_path / "cells.tif", instances)
+    read_labels(tmp_path / "cells.tif")  # a real instance mask passes
