@@ -147,39 +147,51 @@ def _train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--init-from checkpoint {args.init_from} not found")
     result, config = train_with_restarts(config, images, labels, args.out, val_images=val_images,
                                          val_labels=val_labels, resume=args.resume, progress=not args.quiet,
-                                         init_from=args.init_from, from_previous=args.from_previous)
-    if result.iterations == config.optim.iterations:
-        _check_trained(Path(args.out) / "last.pt", images[:1], labels[:1], val_images, val_labels, config)
+                                         init_from=args.init_from, from_previous=args.from_previous,
+                                         check=_final_check(images, labels, val_images, val_labels))
     print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; last loss "
           f"{result.last_loss:.4f}; checkpoints in {result.out_dir}")
     return 0
 
 
-def _check_trained(last: Path, images, labels, val_images, val_labels, config) -> None:
-    """After the last iteration: a network with an uninformative output is an error, never "trained"; with
-    validation data, the post-processing for `predict` is chosen on it and stored in ``last``."""
+def _final_check(images, labels, val_images, val_labels):
+    """The check after the last iteration, for `train_with_restarts`: a network whose output is uninformative is
+    dead, never "trained" (`TrainingDiverged`, so that own data restart); with validation data, the
+    post-processing for `predict` is chosen on it and stored in ``last.pt``. With the collapse check off
+    (``optim.collapse_patience = 0``, the smoke profile) an uninformative output is only a warning."""
     from paper_unet.segment import ConstantOutput, calibrate_checkpoint, choose_post_processing
+    from paper_unet.train import TrainingDiverged
 
-    device = _device(config.run.device)
-    try:
-        if val_images is None:  # the constant-output check alone, on one training slice without TTA
-            from paper_unet.checkpoint import model_from_checkpoint
-            from paper_unet.tiling import predict_stack
+    def check(last: Path, config) -> None:
+        device = _device(config.run.device)
+        try:
+            if val_images is None:  # the check alone, on one training slice without TTA
+                from paper_unet.checkpoint import model_from_checkpoint
+                from paper_unet.tiling import predict_stack
 
-            choose_post_processing(predict_stack(model_from_checkpoint(last, device)[0], images, device=device,
-                                                 progress=False), labels)
-            return
-        chosen = calibrate_checkpoint(last, val_images, val_labels, device=device)
-    except ConstantOutput as error:
-        raise RuntimeError(f"{error}. The training did not work: start again (a new --out) with a lower "
-                           f"learning rate (--set optim.lr={config.optim.lr / 10:g}, now {config.optim.lr:g}) or a "
-                           f"longer warm-up (--set optim.warmup=N, now {config.optim.warmup})") from error
-    scores = (f"; on the validation images IOU {chosen['iou']:.4f}, SEG {chosen['seg']:.4f}"
-              if chosen["label_kind"] == "cells" else "")
-    size = f" and cells of at least {chosen['min_size']} px (best IOU)" if chosen["label_kind"] == "cells" else ""
-    print(f"labels are {'cells on a background' if chosen['label_kind'] == 'cells' else 'membranes between cells'}: "
-          f"mask threshold P(cell) > {chosen['threshold']:g} (best {chosen['chosen_by']}){size} chosen "
-          f"on the validation slices{scores}; stored in {last}")
+                choose_post_processing(predict_stack(model_from_checkpoint(last, device)[0], images[:1],
+                                                     device=device, progress=False), labels[:1])
+                return
+            chosen = calibrate_checkpoint(last, val_images, val_labels, device=device)
+        except ConstantOutput as error:
+            if not config.optim.collapse_patience:
+                print(f"warning: {error} (the collapse check is off: optim.collapse_patience = 0)", file=sys.stderr)
+                return
+            raise TrainingDiverged(f"{error}. The training did not work: start again with a lower optim.lr "
+                                   f"(--set optim.lr={config.optim.lr * 0.1:g}, now {config.optim.lr:g}) or a "
+                                   f"warm-up (--set optim.warmup=N, now {config.optim.warmup})") from error
+        _say_chosen(chosen, last)
+
+    return check
+
+
+def _say_chosen(chosen: dict, last: Path) -> None:
+    cells = chosen["label_kind"] == "cells"
+    scores = f"; on the validation images IOU {chosen['iou']:.4f}, SEG {chosen['seg']:.4f}" if cells else ""
+    size = f" and cells of at least {chosen['min_size']} px (best IOU)" if cells else ""
+    print(f"labels are {'cells on a background' if cells else 'membranes between cells'}: mask threshold "
+          f"P(cell) > {chosen['threshold']:g} (best {chosen['chosen_by']}){size} chosen on the validation slices"
+          f"{scores}; stored in {last}")
 
 
 def _device(name: str):

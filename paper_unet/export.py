@@ -182,7 +182,16 @@ def _cover(image: np.ndarray, probability: np.ndarray, path: Path) -> None:
     Image.fromarray(np.concatenate([left, gap, right], axis=1)).save(path)
 
 
-def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict | None, name: str) -> str:
+_WEIGHTS_TEXT = {
+    "pytorch_state_dict": f"a PyTorch state dict (`state_dict.pt`) with its architecture (`{ARCHITECTURE_FILE}`: the "
+                          "project's own network code, needing torch only; `prediction_module(**kwargs)` builds the "
+                          "network)",
+    "torchscript": "TorchScript traced from the network (`weights.pt`)",
+}
+
+
+def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict | None, name: str,
+            weights: str = "both") -> str:
     m, d = config.model, config.data
     lines = [
         f"# {name}",
@@ -198,9 +207,8 @@ def _readme(config, state: dict, intensities: str, geometry: dict, scores: dict 
         f"- trained for {state.get('iteration', '?')} iterations on {d.tile} x {d.tile} tiles, profile "
         f"`{config.name}`, seed {config.run.seed}",
         "- output: P(cell), one channel (1 = cell interior, 0 = membrane), as in the ISBI 2012 submission format",
-        f"- weights: a PyTorch state dict (`state_dict.pt`) with its architecture (`{ARCHITECTURE_FILE}`: the "
-        "project's own network code, needing torch only; `prediction_module(**kwargs)` builds the network), and "
-        "TorchScript traced from the same network (`weights.pt`)",
+        "- weights: " + (f"{_WEIGHTS_TEXT['pytorch_state_dict']}, and {_WEIGHTS_TEXT['torchscript']}"
+                         if weights == "both" else _WEIGHTS_TEXT[weights]),
         "",
         "## Input",
         f"- one channel, {intensities}",
@@ -320,7 +328,7 @@ def export_bioimageio(checkpoint: str | Path, output: str | Path, *, sample: np.
         tifffile.imwrite(work / "sample_input.tif", test_input)  # what viewers show (bioimage.io's sample tensors)
         tifffile.imwrite(work / "sample_output.tif", expected)
         _cover(raw.astype(np.float32), expected, work / "cover.png")
-        (work / "README.md").write_text(_readme(config, state, intensities, geometry, scores, name))
+        (work / "README.md").write_text(_readme(config, state, intensities, geometry, scores, name, weights))
         space = spec.ParameterizedSize(min=geometry["min_size"], step=geometry["period"])
         version = spec.Version(torch.__version__.split("+")[0])
         descr = spec.ModelDescr(

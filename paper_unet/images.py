@@ -45,7 +45,9 @@ __all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "resolve_norm
 NORMALIZATIONS = ("auto", "dtype", "minmax", "percentile")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 PERCENTILES = (1.0, 99.0)  # the default of data.percentiles
-NARROW_RANGE = 0.05  # a normalised training stack whose 0.1-99.9 percentile span is below this gets a warning
+# a normalised training stack whose 0.1-99.9 percentile span is below this gets a warning (ISBI's slices as 12-bit
+# values in a 16-bit file, divided by 65535, span 0.05)
+NARROW_RANGE = 0.1
 
 
 @dataclass

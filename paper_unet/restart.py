@@ -64,9 +64,11 @@ def _set_aside(out: Path, number: int) -> None:
 
 
 def train_with_restarts(config: Config, images: np.ndarray, labels: np.ndarray, out_dir: str | Path, *,
-                        resume: bool = False, **kwargs) -> tuple[TrainResult, Config]:
+                        resume: bool = False, check=None, **kwargs) -> tuple[TrainResult, Config]:
     """`train`, restarted at ``optim.restart_factor`` x the rate after a dead network or a diverging loss, up
-    to ``optim.restarts`` times; the result and the config that trained. Other arguments go to `train`."""
+    to ``optim.restarts`` times; the result and the config that trained. ``check(last_pt, config)``, when given,
+    runs after the last iteration and raises `TrainingDiverged` for a network that is dead all the same (which
+    restarts it too). Other arguments go to `train`."""
     out = Path(out_dir)
     attempts = read_attempts(out) if resume else []
     if attempts:
@@ -84,6 +86,8 @@ def train_with_restarts(config: Config, images: np.ndarray, labels: np.ndarray, 
             _write_attempts(out if out.is_dir() else _made(out), attempts)
         try:
             result = train(config, images, labels, out, resume=resume, **kwargs)
+            if check is not None and result.iterations == config.optim.iterations:
+                check(out / "last.pt", config)
         except TrainingDiverged as error:
             attempts[-1]["outcome"] = str(error)
             if len(attempts) > config.optim.restarts:

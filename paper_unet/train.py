@@ -238,7 +238,7 @@ def _stop_checks(m: dict, last_loss: float, dead, o, iteration: int) -> None:
     if m["smoothed"] > o.divergence_factor * m["start_loss"]:
         raise TrainingDiverged(f"loss diverged: {m['smoothed']:.4g} at iteration {iteration} vs "
                                f"{m['start_loss']:.4g} at the start; lower optim.lr (now {o.lr:g})")
-    m["flat"] = m["flat"] + 1 if dead() else 0
+    m["flat"] = m["flat"] + 1 if o.collapse_patience and dead() else 0  # dead(): collective under DDP
     if o.collapse_patience and m["flat"] >= o.collapse_patience:
         raise TrainingDiverged(_dead_message(iteration, o, "on its training tiles"))
 

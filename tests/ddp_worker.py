@@ -16,7 +16,8 @@ if mode == "collapse-on-rank-1":  # rank 1 alone sees a constant output: both ra
 
     overrides.append("optim.collapse_patience=2")
     if distributed()[0] == 1:
-        train_module.output_spread = lambda logits: 0.0
+        train_module.looks_dead = lambda logits: True  # the two stages of the check (collapse.py) both say dead
+        train_module.is_dead = lambda model, image: True
 config = load_config("smoke", overrides)
 result = train(config, isbi.train_images[:3, :128, :128], isbi.train_labels[:3, :128, :128], out,
                val_images=isbi.train_images[3:4, :128, :128], val_labels=isbi.train_labels[3:4, :128, :128],

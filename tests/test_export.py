@@ -140,8 +140,8 @@ def test_percentile_normalisation_travels_inside_the_package(isbi, tmp_path):
 
     twelve = isbi[0].astype(np.uint16) * 16
     out = tmp_path / "run"
-    train(load_config("smoke", ['data.normalize="percentile"', "data.percentiles=[2.0, 98.0]"]), twelve, isbi[1],
-          out, progress=False)
+    train(load_config("smoke", ['data.normalize="percentile"', "data.percentiles=[2.0, 98.0]"]),
+          normalize(twelve, "percentile", [2.0, 98.0]), isbi[1], out, progress=False)
     package = export_bioimageio(out / "last.pt", tmp_path / "model.zip", sample=twelve)
     assert test_model(package).status == "passed"
     rdf = zipfile.ZipFile(package).read("rdf.yaml").decode()
