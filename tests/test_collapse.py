@@ -77,16 +77,18 @@ def small_cells(count, seed, preset):
 
 
 def test_a_forced_too_high_rate_on_sparse_cells_is_caught_as_a_dead_network(tmp_path):
-    """The `cpu` network on synthetic sparse cells at 30x its rate: the collapse check stops it (at bf16 too, where
-    this CPU has it), no best.pt is written, and the message says what to change."""
+    """The `cpu` network (252-px tiles) on dim synthetic sparse cells at 3x its rate, in the precision `auto` takes
+    here (bf16 on an AVX512-BF16 CPU): the network dies, the checks stop it as dead (here: 150 steps, by two nearly
+    constant validations), no best.pt is ever written from it, and the message says what to change. (30x the
+    rate gives a NaN loss instead, stopped by the divergence check.)"""
     from paper_unet.config import load_config
     from paper_unet.images import instance_to_binary, normalize
     from paper_unet.train import TrainingDiverged, train
 
-    images, instances = small_cells(4, 0, "default")
-    config = load_config("cpu", ["optim.lr=3e-2", "optim.iterations=300", "run.validate_every=50", "data.tile=252"])
-    with pytest.raises(TrainingDiverged, match="collapsed to a constant output|diverged|became nan") as stopped:
+    images, instances = small_cells(4, 0, "dim")
+    config = load_config("cpu", ["optim.lr=3e-3", "optim.iterations=400", "run.validate_every=50", "data.tile=252"])
+    with pytest.raises(TrainingDiverged, match="collapsed to a constant output") as stopped:
         train(config, normalize(images[:3]), instance_to_binary(instances[:3]), tmp_path, progress=False,
               val_images=normalize(images[3:]), val_labels=instance_to_binary(instances[3:]))
-    assert "optim.lr" in str(stopped.value)
-    assert not (tmp_path / "best.pt").exists() or "collapsed" not in str(stopped.value)
+    assert "lower learning rate, e.g. --set optim.lr=0.0003" in str(stopped.value)
+    assert not (tmp_path / "best.pt").exists()
