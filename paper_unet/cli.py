@@ -457,7 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "name). Labels: binary (0/255, 0/1, bool; 0 = membrane) or a labelled instance "
                     "mask (one integer per cell; boundaries between touching cells become membrane). "
                     "Checkpoints every run.checkpoint_every iterations; --resume continues a killed run. "
-                    "With validation data the mask threshold for `predict --save-mask` is chosen on it.")
+                    "With validation data the mask threshold for `predict --save-mask` is chosen on it (cells "
+                    "on a background: by IOU, with a minimum cell size; EM membranes: by pixel F-score). A dead "
+                    "network (constant or uninformative output) stops the run with a message, never passes as "
+                    "trained; on your own data the run then restarts from its initial weights at 0.1 x the "
+                    "rate, at most twice (optim.restarts=2, printed; --set optim.restarts=0 turns it off; "
+                    "docs/own_data.md).")
     add_config_options(train)
     add_input_options(train)
     train.add_argument("--out", required=True, help="run directory (logs, config.json, last.pt, best.pt)")
@@ -496,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, help="output TIFF: P(cell), float32")
     predict.add_argument("--save-mask", metavar="MASK.tif",
                          help="also write the binary mask (uint8, 255 = cell) at the checkpoint's "
-                              "validation-chosen threshold, else 0.5")
+                              "validation-chosen threshold, else 0.5, without components below the minimum size "
+                              "(--min-size)")
     predict.add_argument("--save-cells", metavar="CELLS.tif",
                          help="also write the cells: 4-connected components of the mask, uint16 (uint32 "
                               "beyond 65,535 cells), ids unique over the stack")

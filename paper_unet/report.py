@@ -339,7 +339,8 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
     schedule = (f"the first {steps} steps of the profile's own schedule ({o['iterations']} iterations, x{o['lr_decay']:g} "
                 f"from iteration {decay_at:.0f}: {'not reached' if steps <= decay_at else 'reached'} here)"
                 if data.get("keep_schedule") else "a complete short schedule per rate (its decay included)")
-    collapse = (f"the collapse check (a constant output for {o['collapse_patience']} log intervals in a row)"
+    collapse = (f"the collapse check (a constant output on the training tiles for {o['collapse_patience']} log "
+                f"intervals in a row, or nearly constant validation predictions at two validations in a row)"
                 if o["collapse_patience"] else "the collapse check was off;")
     hardware = p["gpu"] or f"{p['cpu']} ({p['cpu_cores']} cores, {p['torch_threads']} torch threads), no GPU"
     text = f"""# {title}
