@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["iou", "seg", "best_iou_threshold", "cell_scores", "objects"]
+__all__ = ["iou", "seg", "best_iou_threshold", "cell_scores", "scores_at_best_iou", "objects"]
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -105,3 +105,11 @@ def best_iou_threshold(probabilities: np.ndarray, reference: np.ndarray) -> floa
 def cell_scores(mask: np.ndarray, reference: np.ndarray) -> dict:
     """IOU and SEG of a binary mask against the reference (an instance mask or a binary one)."""
     return {"iou": iou(mask, reference), "seg": seg(mask, reference)}
+
+
+def scores_at_best_iou(probabilities: np.ndarray, reference: np.ndarray) -> dict:
+    """IOU and SEG of the mask P(cell) > t (compared in float64, as the metrics do) at the grid's threshold t with
+    the best IOU, and that t (``iou_threshold``): what validation and `paper-unet evaluate` report."""
+    threshold = best_iou_threshold(probabilities, reference)
+    mask = np.asarray(probabilities, dtype=np.float64) > threshold
+    return {**cell_scores(mask, reference), "iou_threshold": threshold}

@@ -400,12 +400,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _cell_scores(proposal, labels, reference) -> dict:
     """evaluate's Table 2 lines: IOU and SEG at the grid's threshold with the best IOU."""
-    from paper_unet.cell_metrics import best_iou_threshold, iou, seg
-    from paper_unet.segment import binary_mask, label_kind
+    from paper_unet.cell_metrics import scores_at_best_iou
+    from paper_unet.segment import label_kind
 
-    threshold = best_iou_threshold(proposal, reference)  # foreground: every cell id's pixels
-    mask = binary_mask(proposal, threshold)
-    scores = {"iou": iou(mask, reference), "seg": seg(mask, reference), "iou_threshold": threshold}
+    scores = scores_at_best_iou(proposal, reference)  # foreground: every cell id's pixels
+    threshold = scores["iou_threshold"]
     paper = ", ".join(f"{k} {v:g}" for k, v in PAPER_UNET_IOU.items())
     print(f"{'IOU':<18} {scores['iou']:>12.6g}   {paper} (Table 2; higher is better)")
     print(f"{'SEG':<18} {scores['seg']:>12.6g}   -          (Cell Tracking Challenge; higher is better)")

@@ -83,7 +83,8 @@ def train_with_restarts(config: Config, images: np.ndarray, labels: np.ndarray, 
     attempts = attempts or [{"lr": config.optim.lr, "warmup": config.optim.warmup, "outcome": "running"}]
     while True:
         if config.optim.restarts:
-            _write_attempts(out if out.is_dir() else _made(out), attempts)
+            out.mkdir(parents=True, exist_ok=True)
+            _write_attempts(out, attempts)
         try:
             result = train(config, images, labels, out, resume=resume, **kwargs)
             if check is not None and result.iterations == config.optim.iterations:
@@ -110,8 +111,3 @@ def train_with_restarts(config: Config, images: np.ndarray, labels: np.ndarray, 
             attempts[-1]["outcome"] = "trained"
             _write_attempts(out, attempts)
         return result, config
-
-
-def _made(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    return out

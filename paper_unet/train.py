@@ -114,14 +114,14 @@ def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.
     threshold with the best IOU; ``uninformative``: every threshold of the grid gives an empty or a full mask
     (`collapse.uninformative`); ``dead``: uninformative and nearly constant (`collapse.nearly_constant`)."""
     from paper_unet import metrics
-    from paper_unet.cell_metrics import best_iou_threshold, cell_scores
-    from paper_unet.segment import binary_mask
+    from paper_unet.cell_metrics import scores_at_best_iou
 
     probabilities = predict_stack(model, images, tta=tta, device=device, progress=False)
     scores = {"pixel_error": metrics.pixel_error(probabilities, labels),
               "rand_error": metrics.rand_error(probabilities, labels)}
     if label_kind(labels) == "cells":
-        scores.update(cell_scores(binary_mask(probabilities, best_iou_threshold(probabilities, labels)), labels))
+        cells = scores_at_best_iou(probabilities, labels)
+        scores.update(iou=cells["iou"], seg=cells["seg"])
     return {**scores, "uninformative": uninformative(probabilities), "dead": nearly_constant(probabilities)}
 
 
