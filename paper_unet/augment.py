@@ -7,7 +7,7 @@
     10 pixels standard deviation. Per-pixel displacements are then computed using bicubic
     interpolation."
 
-Our reading (SPEC section 2, Decision): the 3x3 grid nodes span the *input* tile the network sees
+Our reading (docs/spec.md section 2, Decision): the 3x3 grid nodes span the *input* tile the network sees
 (corners on its corners), so the labelled output region in its centre sees the interpolated
 interior of the field (for 572 -> 388, a corner node's displacement arrives at the output tile's
 corners at about half its size); a random flip, a rotation by a uniform angle, a shift (a uniformly drawn tile

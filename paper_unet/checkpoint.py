@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from paper_unet.atomic import fsync_folder
 from paper_unet.config import Config, config_from_dict
 from paper_unet.model import PaddedUNet, UNet
 
@@ -69,20 +70,7 @@ def save_checkpoint(path: str | Path, state: dict, keep_previous: bool = False) 
             raise OSError(error.errno, f"could not write checkpoint {path}{why}: {error.strerror or error}; "
                                        f"the previous checkpoint is unchanged") from error
         raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # a platform without directory handles
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
-    finally:
-        os.close(fd)
+    fsync_folder(path.parent)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 from paper_unet import __version__
+from paper_unet.config import DEFAULT_PROFILE_RULE
 
-# Paper Table 1, row 1 (u-net, ISBI 2012 leaderboard of 6 March 2015).
-PAPER_UNET = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
-# Paper Table 2, the u-net's IOU on the two cell data sets of the ISBI cell tracking challenge 2015.
-PAPER_UNET_IOU = {"PhC-U373": 0.9203, "DIC-HeLa": 0.7756}
-SINGLE_TILE_MAX = 1024  # predict: one tile per slice up to this edge, else the paper's 572-px tiles
+from paper_unet.tables import PAPER_TABLE2_IOU as PAPER_UNET_IOU, PAPER_UNET
+SINGLE_TILE_MAX = 1024  # predict: one tile per slice up to this edge, else streamed in the paper's 572-px tiles
 METRIC_NAMES = {"warping_error": "warping error", "rand_error": "Rand error",
                 "pixel_error": "pixel error", "vrand_thinned": "V_rand (thinned)",
                 "vinfo_thinned": "V_info (thinned)"}
@@ -228,23 +226,24 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from paper_unet.images import normalize, read_images, write_tiff
-    from paper_unet.tiling import predict_stack, valid_input_size
+    from paper_unet.tiling import predict_stack
     from paper_unet.checkpoint import model_from_checkpoint
 
     raw, info = read_images(args.input, channel=args.channel, what="input")  # bad input: fail first
     device = _device(args.device or "auto")
     model, config = model_from_checkpoint(args.checkpoint, device)
-    images = normalize(raw, config.data.normalize, config.data.percentiles)  # as the model was trained
     outputs = [Path(p) for p in (args.output, args.save_mask, args.save_cells) if p]
     if len(set(outputs)) != len(outputs) or Path(args.input) in outputs:
         raise ValueError("--output, --save-mask, --save-cells and --input must be different files")
     tta = config.run.tta if args.tta is None else args.tta
     tile = args.tile_size
-    if tile is None and max(images.shape[1:]) > SINGLE_TILE_MAX:  # bound the memory of one pass
-        tile = valid_input_size(388, model.depth)  # the paper's 572 -> 388 at depth 5
-    probabilities = predict_stack(model, images, tile_size=tile, tta=tta, device=device,
-                                  progress=not args.quiet)
-    write_tiff(args.output, probabilities.astype(np.float32), info)
+    if max(raw.shape[1:]) > SINGLE_TILE_MAX:  # large: tile by tile, the output on disk (streaming.py)
+        probabilities = _predict_large(args, raw, info, model, config, tile, tta, device)
+    else:
+        images = normalize(raw, config.data.normalize, config.data.percentiles)  # as the model was trained
+        probabilities = predict_stack(model, images, tile_size=tile, tta=tta, device=device,
+                                      progress=not args.quiet)
+        write_tiff(args.output, probabilities.astype(np.float32), info)
     print(f"wrote {args.output}: float32 {probabilities.shape}, P(cell) (1 = cell), TTA {'on' if tta else 'off'}, "
           f"normalisation '{config.data.normalize}'{_percentiles(config)}")
     from paper_unet.collapse import uninformative
@@ -258,6 +257,27 @@ def _predict(args: argparse.Namespace) -> int:
     if args.save_mask or args.save_cells:
         _save_segmentation(args, probabilities, info)
     return 0
+
+
+def _predict_large(args: argparse.Namespace, raw, info, model, config, tile, tta, device):
+    """An image larger than one tile pass: streamed tile by tile (`streaming.predict_streamed`: the same P(cell) as
+    the whole-image path, to float rounding), each slice into a memory-mapped TIFF, so memory holds the raw image
+    and a few tiles, not the output. Returns the written P(cell), memory-mapped read-only."""
+    import numpy as np
+    import tifffile
+
+    from paper_unet.images import normalizer, tiff_on_disk
+    from paper_unet.streaming import predict_streamed
+
+    norm = normalizer(raw, config.data.normalize, config.data.percentiles)  # its constants from the whole stack
+    with tiff_on_disk(args.output, raw.shape, np.float32, info) as on_disk:
+        out = on_disk.reshape(raw.shape)  # tifffile may drop a stack's axis of 1
+        for z in range(raw.shape[0]):
+            if raw.shape[0] > 1 and not args.quiet:
+                print(f"slice {z + 1} of {raw.shape[0]}", file=sys.stderr)
+            predict_streamed(model, raw[z], norm, tile_size=tile, tta=tta, device=device, out=out[z],
+                             progress=not args.quiet)
+    return tifffile.memmap(args.output, mode="r").reshape(raw.shape)
 
 
 def _save_segmentation(args: argparse.Namespace, probabilities, info) -> None:
@@ -328,10 +348,17 @@ def _ablations(args: argparse.Namespace) -> int:
     from paper_unet.data import load_isbi2012
     from paper_unet.study import ablation_variants, run_variants, write_ablation_report
 
-    variants = ablation_variants(args.only)
     results = Path(args.results)
     csv_path = results / "ablations.csv"
     command = args.command_line or "paper-unet ablations " + " ".join(sys.argv[2:])
+    if args.gather:  # one job per variant (a SLURM array), gathered afterwards: nothing is trained here
+        from paper_unet.study import gather
+
+        names = gather([Path(job) for job in args.gather], results, csv_path.name)
+        readme = write_ablation_report(csv_path, results, command=command)
+        print(f"gathered {len(names)} variant(s) ({', '.join(names)}) from {len(args.gather)} job(s); table {readme}")
+        return 0
+    variants = ablation_variants(args.only)
     run_variants(args.profile, variants, load_isbi2012(args.data_dir), Path(args.out), csv_path, fold=args.fold,
                  common=args.set or [], progress=not args.quiet, command=command, slices=results / "slices",
                  curves=results / "curves",
@@ -339,6 +366,27 @@ def _ablations(args: argparse.Namespace) -> int:
     readme = write_ablation_report(csv_path, results, command=command)
     print(f"done: {len(variants)} variant(s) on fold {args.fold}; table {readme}")
     return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from paper_unet.config import load_config
+
+    values = load_config(args.profile, args.set or []).to_dict()
+    if args.get is None:
+        print(json.dumps(values, indent=2))
+        return 0
+    value = values
+    for key in args.get.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(f"--get {args.get}: no such key; valid: {', '.join(_keys(values))}")
+        value = value[key]
+    print(json.dumps(value) if isinstance(value, (dict, list, bool)) or value is None else value)
+    return 0
+
+
+def _keys(values: dict, prefix: str = "") -> list[str]:
+    return [k for key, v in values.items()
+            for k in (_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -436,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=_download)
 
     def add_config_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--profile", default="paper",
-                         help="config profile (paper, cpu, smoke: paper_unet/profiles/, linked as reproduction/configs) or a TOML file")
+        sub.add_argument("--profile", help=f"config profile (paper, cpu, smoke: paper_unet/profiles/, linked as "
+                                           f"reproduction/configs) or a TOML file; default: {DEFAULT_PROFILE_RULE}")
         sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                          help="override one config value, e.g. --set optim.lr=3e-4 (repeatable)")
         sub.add_argument("--data-dir", help="ISBI 2012 stacks (default: $PAPER_UNET_DATA, else the cache)")
@@ -514,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="average the 8 dihedral transforms (default: the checkpoint config's)")
     predict.add_argument("--tile-size", type=int, help="input tile edge, a valid size such as 572 (default: "
-                                                       "one tile per slice up to 1024 px, else 572-px tiles)")
+                                                       "one tile per slice up to 1024 px; larger slices are "
+                                                       "streamed in 572-px tiles, their P(cell) written to disk as "
+                                                       "it is computed, so memory stays bounded by the tile)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"])
     predict.add_argument("--quiet", action="store_true")
     predict.set_defaults(func=_predict)
@@ -592,7 +642,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "second seed, all with the same iterations, tile and seed on one fold. Resumable: a finished variant is only re-read, an "
                     "unfinished one continues from its checkpoints; rows are merged into RESULTS/ablations.csv.")
     add_config_options(ablations)
-    ablations.set_defaults(profile="cpu")
     ablations.add_argument("--only", nargs="+", metavar="NAME",
                            help="run these variants only (full, no_border_term, plain_cross_entropy, no_elastic, "
                                 "no_augmentation, no_tta, padded_unet, padded_no_bn, no_dropout, full_seed1; and, by "
@@ -607,8 +656,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 "training it again; refused unless its checkpoint's config is the full "
                                 "variant's exactly")
     ablations.add_argument("--results", default="results/ablations", help="table, CSV, crops and figure")
+    ablations.add_argument("--gather", nargs="+", metavar="JOB_RESULTS",
+                           help="train nothing: merge the --results folders of jobs that ran one variant each (e.g. a "
+                                "SLURM array, docs/scaling_out.md) into --results and write its table")
     ablations.add_argument("--command-line", help=argparse.SUPPRESS)
     ablations.set_defaults(func=_ablations)
+
+    config = commands.add_parser(
+        "config", help="print the resolved configuration (a profile with --set overrides), or one value of it",
+        description="Resolve a profile with its overrides exactly as train/reproduce would (unknown keys and wrong "
+                    "types are errors) and print it as JSON, or print one value (--get SECTION.KEY; `name` is the "
+                    f"profile's name). Without --profile: {DEFAULT_PROFILE_RULE}. run_isbi.sh asks it for the "
+                    "values it needs, so that the user's --set applies there too.")
+    config.add_argument("--profile", help=f"profile name or TOML file (default: {DEFAULT_PROFILE_RULE})")
+    config.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
+    config.add_argument("--get", metavar="SECTION.KEY", help="print this value alone (e.g. run.folds, name)")
+    config.set_defaults(func=_config)
 
     report = commands.add_parser("report", help="write results/ from a reproduction run directory")
     report.add_argument("--run", required=True, help="run directory of `paper-unet reproduce`")
@@ -644,6 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if hasattr(args, "profile") and args.profile is None:
+        from paper_unet.config import default_profile
+
+        args.profile = default_profile()  # the one rule of every entry point (config.DEFAULT_PROFILE_RULE)
     from paper_unet.stop import StopRequested
 
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from paper_unet.atomic import read_json, write_json
 
 __all__ = [
     "OFFICIAL_URL", "FILES", "PIXEL_SHA256", "TERMS", "ISBI2012",
@@ -234,7 +235,7 @@ def download_isbi2012(dest: str | Path | None = None, *, url: str = OFFICIAL_URL
         _fetch(url, zip_path, retries, timeout, progress)
     digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
     record = dest / CHECKSUMS
-    known = json.loads(record.read_text()) if record.is_file() else {}
+    known = read_json(record, "download record") or {}
     if "archive_sha256" in known and known["archive_sha256"] != digest:
         if archive is None:
             zip_path.unlink()
@@ -252,7 +253,7 @@ def download_isbi2012(dest: str | Path | None = None, *, url: str = OFFICIAL_URL
         for name in FILES:
             if (Path(tmp) / name).is_file():
                 os.replace(Path(tmp) / name, dest / name)
-    record.write_text(json.dumps({"archive_sha256": digest, "url": url}, indent=2) + "\n")
+    write_json(record, {"archive_sha256": digest, "url": url})
     if archive is None:
         zip_path.unlink()
     print(f"ISBI 2012 data verified and unpacked into {dest}", file=sys.stderr)

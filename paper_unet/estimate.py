@@ -11,7 +11,6 @@ answer is hours.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from paper_unet.config import Config
-from paper_unet.fastpath import FastPath, resolve
+from paper_unet.context import RunContext
+from paper_unet.fastpath import FastPath
+from paper_unet.measurements import say
 
 __all__ = ["time_step", "time_prediction", "Estimate", "estimate_run", "announce", "save_estimate"]
 
@@ -47,23 +48,19 @@ def time_step(config: Config, images: np.ndarray, labels: np.ndarray, device: to
     (``run.cudnn_benchmark``, ``run.fused_sgd``), except ``run.cuda_graph``: its step is timed eagerly
     (with the fused SGD it implies), so a graph run's estimate errs long.
     """
-    from paper_unet.checkpoint import build_model
-    from paper_unet.step import cudnn_benchmark, make_optimizer, resolve_levers
-    from paper_unet.train import train_step, training_sampler
+    from paper_unet.step import cudnn_benchmark, train_step
 
     device = torch.device(device)
-    levers = resolve_levers(config.run, device)  # its cuda_graph is not used here: the step runs eagerly
+    path = FastPath(bf16, channels_last, bf16, channels_last, "the caller's setting", device.type)
+    ctx = RunContext.build(config, device, fast=path)  # its levers' cuda_graph is not used: the step runs eagerly
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            cudnn_benchmark(levers.cudnn_benchmark):
+            cudnn_benchmark(ctx.levers.cudnn_benchmark):
         setup = time.perf_counter()
-        torch.manual_seed(config.run.seed)
-        model = build_model(config).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, config.optim, levers)
+        model = ctx.model()
+        optimizer = ctx.optimizer(model)
         mode = compile if isinstance(compile, str) else "default"
         step_model = torch.compile(model, mode=mode) if compile else model
-        sampler = training_sampler(config, images, labels, device, warmup + steps)
+        sampler = ctx.sampler(images, labels, warmup + steps)
         if timings is not None:
             timings["setup_s"] = time.perf_counter() - setup
         batches = [sampler.batch([i]) for i in range(warmup + steps)]
@@ -155,7 +152,7 @@ class Estimate:
         total = f"  whole run: about {_duration(self.seconds)}"
         if self.parallel > 1:
             total += (f" of work for {self.parallel} processes sharing this machine (at most that long; "
-                      f"less where they overlap: 4 processes on one H100 ran 1.37x one)")
+                      f"less where they overlap: 4 processes on one H100 ran {say('h100_four_processes_gain')} one)")
         finish = time.strftime("%H:%M", time.localtime(time.time() + self.seconds))
         lines.append(total + f", ending about {finish} (local time)")
         if self.seconds > LONG_S:
@@ -166,10 +163,11 @@ class Estimate:
         hints = []
         if self.device == "cpu":
             if self.path.cpu is not None and not self.path.cpu.native_bf16:
-                hints.append("a CPU with native bf16 (AVX512_BF16 or AMX) runs the `cpu` profile about 2x as "
-                             "fast as fp32 (on 2 cores of one the whole `cpu` run took 84 min)")
+                hints.append(f"a CPU with native bf16 (AVX512_BF16 or AMX) runs the `cpu` network's step "
+                             f"{say('cpu_bf16_speedup_width16')} as fast as fp32 (on 2 cores of one the whole `cpu` "
+                             f"run took {say('cpu_profile_wall_min_avx512bf16')})")
             hints.append("more cores (the step uses all torch threads)")
-            hints.append("a CUDA GPU (`--profile paper`: one H100 ran 87 full-width steps/s)")
+            hints.append(f"a CUDA GPU (`--profile paper`: one H100 ran {say('h100_steps_per_s_full')} at full width)")
         hints.append("`--profile smoke` checks the whole pipeline in minutes")
         return hints
 
@@ -200,7 +198,7 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
                  parallel: int = 1, budget_s: float = 5.0) -> Estimate:
     """Project the wall time of ``reproduce`` into ``out`` (what is left of it, for a resumed run).
 
-    Measures the training step of the path this machine takes (`fastpath.resolve`) in a few steps
+    Measures the training step of the path this machine takes (`context.RunContext`) in a few steps
     (about ``budget_s`` seconds of timed steps after one warm-up), and one slice's prediction
     without and (when ``run.tta``) with TTA, and the metrics on one slice (its labels blurred by 2 px,
     standing in for a trained network's output). ``parallel``: processes that will share this machine
@@ -212,7 +210,7 @@ def estimate_run(config: Config, train_images: np.ndarray, train_labels: np.ndar
     started = time.perf_counter()
     out, device = Path(out), torch.device(device)
     o, r = config.optim, config.run
-    path = resolve(r.bf16, r.channels_last, device)
+    path = RunContext.build(config, device).fast  # the path the run will take here
     timings = {}
     step_s = time_step(config, train_images, train_labels, device, bf16=path.bf16,
                        channels_last=path.channels_last, steps=20, budget_s=budget_s, timings=timings)
@@ -272,5 +270,6 @@ def announce(config: Config, isbi, out: str | Path, *, cv_only: bool = False, pa
 
 def save_estimate(estimate: Estimate, out: str | Path) -> None:
     """``out/estimate.json``: the report sets it beside the measured wall time."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "estimate.json").write_text(json.dumps(estimate.as_dict(), indent=2) + "\n")
+    from paper_unet.atomic import write_json
+
+    write_json(Path(out) / "estimate.json", estimate.as_dict())

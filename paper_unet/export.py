@@ -3,7 +3,7 @@
 paper's authors did with their Fiji plugin.
 
 The package holds the network twice, wrapped so that it predicts what ``paper-unet predict`` predicts
-without TTA (`tiling.predict`: overlap-tile with mirrored context), to float rounding (2e-6 measured, held
+without TTA (`tiling.predict`: overlap-tile with mirrored context), to float rounding (held
 to 1e-4 by the tests), for any image whose sides are multiples of the pooling period (16 px at depth 5):
 as a PyTorch state dict with its architecture (`architecture_source`: one Python file that needs only
 torch, holding the project's own `UNet` and `PredictionModule` code, copied verbatim; what bioimageio.core

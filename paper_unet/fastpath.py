@@ -1,16 +1,17 @@
 """The fast path: bf16 autocast and channels_last memory order, chosen per machine.
 
 Neither changes the method (the paper trained in fp32 with Caffe); both only change how fast a
-training step runs, and that depends on the hardware. Measured with `bench_train.py`
-(results/performance.md), one training step, width-16 network, 572 -> 388 tile, 2 CPU cores:
+training step runs, and that depends on the hardware. Measured with `bench_train.py` (the figures:
+results/measurements.json, read by `measurements`; the tables: results/performance.md), one training step
+at a 572 -> 388 tile on 2 CPU cores or one GPU:
 
 - a CPU with native bf16 matrix instructions (AVX512_BF16; AMX has them too): bf16 autocast +
-  channels_last ran 1.86x the steps/s of fp32 (2.34x for the full-width network);
-- a CPU with AVX2 only (no AVX-512): bf16 autocast + channels_last ran 16-22x *slower* than fp32
+  channels_last ran faster than fp32;
+- a CPU with AVX2 only (no AVX-512): bf16 autocast + channels_last ran many times *slower* than fp32
   (most likely because oneDNN has no bf16 convolution kernels for AVX2 and falls back to generic code), and
-  channels_last in fp32 0.8-0.97x;
-- CUDA (one H100): bf16 + channels_last 0.97x (full width) and 0.82x (width 16): one 572 tile per
-  step is launch-bound, so fp32 (PyTorch's default: TF32 convolutions) costs nothing.
+  channels_last in fp32 no faster;
+- CUDA (one H100): bf16 + channels_last no faster than fp32: one 572 tile per step is launch-bound, so fp32
+  (PyTorch's default: TF32 convolutions) costs nothing.
 
 ``run.bf16`` and ``run.channels_last`` are ``"auto"`` in every profile: `resolve` turns them into
 bf16 + channels_last on a CPU with native bf16 and into plain fp32 (NCHW) everywhere else;
@@ -35,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from paper_unet.measurements import say, say_range
 
 __all__ = ["CpuInfo", "FastPath", "cpu_info", "decide", "resolve", "AUTO"]
 
@@ -107,22 +110,23 @@ def cpu_info() -> CpuInfo:
 def decide(device_type: str, cpu: CpuInfo | None = None) -> tuple[bool, bool, str]:
     """(bf16, channels_last, why) that ``"auto"`` means on this device: a pure function.
 
-    The figures in ``why`` are the measurements the rule rests on (results/performance.md)."""
+    The figures in ``why`` are the measurements the rule rests on, read from results/measurements.json."""
     if device_type == "cuda":
-        return False, False, ("CUDA: fp32, since bf16 + channels_last ran 0.97x fp32 at full width and 0.82x at "
-                              "width 16 on an H100")
+        return False, False, (f"CUDA: fp32, since bf16 + channels_last ran {say('h100_bf16_ratio_full')} fp32 at full "
+                              f"width and {say('h100_bf16_ratio_width16')} at width 16 on an H100")
     if device_type != "cpu":
         return False, False, f"{device_type}: fp32, no measurement on this kind of device"
     if cpu is None:
         raise ValueError("the CPU decision needs the CPU's capability (fastpath.cpu_info())")
     if cpu.native_bf16:
-        return True, True, (f"{cpu.cpu_class} CPU, native bf16: bf16 + channels_last ran 1.86x fp32 (width 16) "
-                            f"on 2 cores of such a CPU")
+        return True, True, (f"{cpu.cpu_class} CPU, native bf16: bf16 + channels_last ran "
+                            f"{say('cpu_bf16_speedup_width16')} fp32 (width 16) on 2 cores of such a CPU")
     if cpu.aten.upper().startswith("AVX512"):
         return False, False, (f"{cpu.cpu_class} CPU: fp32, since bf16 is fast only with AVX512_BF16 or AMX, "
                               f"and this class is not measured")
-    return False, False, (f"{cpu.cpu_class} CPU, no native bf16: bf16 autocast + channels_last ran 16-22x slower "
-                          f"than fp32 on such a CPU, channels_last alone 0.8-0.97x")
+    return False, False, (f"{cpu.cpu_class} CPU, no native bf16: bf16 autocast + channels_last ran "
+                          f"{say_range('avx2_bf16_slowdown_width16', 'avx2_bf16_slowdown_full')} slower than fp32 on "
+                          f"such a CPU, channels_last alone {say('avx2_channels_last_ratio')}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ def resolve(bf16: bool | str, channels_last: bool | str, device: torch.device | 
         forced = [name for name, asked in (("bf16", bf16), ("channels_last", channels_last)) if asked != AUTO]
         why = f"{' and '.join(forced)} set in the config; auto would be: {why}"
         if used_bf16 and device_type == "cpu" and not cpu.native_bf16:
-            why += "; WARNING: bf16 autocast on a CPU without native bf16 is 16-25x slower than fp32"
+            why += (f"; WARNING: bf16 autocast on a CPU without native bf16 ran "
+                    f"{say_range('avx2_bf16_slowdown_width16', 'avx2_autocast_slowdown_width16')} slower than fp32")
     return FastPath(used_bf16, used_cl, bf16, channels_last, why, device_type,
                     cpu if device_type == "cpu" else None)

@@ -1,6 +1,6 @@
 """Your own microscopy: reading image stacks and labels, intensity normalisation, writing results.
 
-The network sees float intensities in [0, 1] (README "Deviations and decisions": the paper feeds
+The network sees float intensities in [0, 1] (docs/deviations.md: the paper feeds
 its EM slices without a published normalisation; ISBI's uint8 slices are divided by 255).
 Researchers' data comes as uint8, uint16 or float32 TIFF (2-D, 3-D, multi-page, ImageJ
 hyperstacks) or as a folder of PNG / TIFF slices, so:
@@ -32,14 +32,16 @@ hyperstacks) or as a folder of PNG / TIFF slices, so:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-__all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "resolve_normalization", "dynamic_range",
-           "check_instance_mask", "instance_to_binary", "write_tiff", "NORMALIZATIONS", "IMAGE_SUFFIXES",
+__all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "normalizer", "Normalizer", "resolve_normalization",
+           "dynamic_range",
+           "check_instance_mask", "instance_to_binary", "write_tiff", "tiff_on_disk", "NORMALIZATIONS", "IMAGE_SUFFIXES",
            "NARROW_RANGE"]
 
 NORMALIZATIONS = ("auto", "dtype", "minmax", "percentile")
@@ -175,41 +177,68 @@ def resolve_normalization(method: str, dtype: np.dtype | str) -> str:
 
 def normalize(stack: np.ndarray, method: str = "auto", percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Intensities in [0, 1] as float32 (Z, H, W), by ``method`` (see the module docstring)."""
+    return normalizer(stack, method, percentiles)(stack)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """A normalisation with its constants fixed on the whole stack (`normalizer`), applied to any part of it:
+    elementwise, so a tile normalised alone equals the same tile of the normalised stack, bit for bit (what
+    streamed prediction of a large image relies on, `streaming`)."""
+
+    method: str  # dtype | minmax | percentile (resolved)
+    lo: float = 0.0
+    hi: float = 1.0
+    scale: float | None = None  # dtype on integers: their type's maximum; None: float data as they are
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if raw.dtype == np.uint8 and self.method == "dtype":
+            return raw.astype(np.float32) / np.float32(255.0)  # bit-identical to the ISBI path
+        data = raw.astype(np.float32)
+        if self.method == "dtype":
+            return data / np.float32(self.scale) if self.scale is not None else data
+        return np.clip((data - np.float32(self.lo)) / np.float32(self.hi - self.lo), 0.0, 1.0).astype(np.float32)
+
+
+def normalizer(stack: np.ndarray, method: str = "auto", percentiles: tuple[float, float] = PERCENTILES) -> Normalizer:
+    """The normalisation of ``stack`` by ``method`` with its constants (type maximum, min and max, or the
+    percentiles of the whole stack), checked: non-finite values, signed integers or float data outside [0, 1]
+    under dtype, and constant images are errors that say what to do."""
     method = resolve_normalization(method, stack.dtype)
     if stack.dtype == np.uint8 and method == "dtype":
-        return stack.astype(np.float32) / np.float32(255.0)  # bit-identical to the ISBI path
-    data = stack.astype(np.float32)
-    if not np.isfinite(data).all():
+        return Normalizer("dtype", scale=255.0)
+    if stack.dtype.kind == "f" and not (np.isfinite(stack).all() and (stack.dtype.itemsize <= 4 or float(
+            np.abs(stack).max()) <= float(np.finfo(np.float32).max))):  # as float32, what the network sees
         raise ValueError("the images contain NaN or infinite values; clean them before training or predicting")
     if method == "dtype":
-        return _by_dtype(stack, data)
-    if method == "minmax":
-        lo, hi = float(data.min()), float(data.max())
+        return _by_dtype(stack)
+    if method == "minmax":  # the extremes as float32 values: the same constants as on the float32 data
+        lo, hi = float(np.float32(stack.min())), float(np.float32(stack.max()))
     else:
         low, high = percentiles
         if not 0 <= low < high <= 100:
             raise ValueError(f"data.percentiles must be two values 0 <= low < high <= 100, got {list(percentiles)}")
-        lo, hi = (float(v) for v in np.percentile(data, (low, high)))
+        lo, hi = (float(v) for v in np.percentile(stack.astype(np.float32), (low, high)))
     if hi <= lo:
         raise ValueError(f"the images are constant (all {lo:.4g}) under --normalize {method}: nothing to segment")
-    return np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+    return Normalizer(method, lo=lo, hi=hi)
 
 
-def _by_dtype(stack: np.ndarray, data: np.ndarray) -> np.ndarray:
+def _by_dtype(stack: np.ndarray) -> Normalizer:
     """``dtype``: integers divided by their type's maximum; bool as 0/1; float data as it is (in [0, 1])."""
     if stack.dtype.kind == "b":
-        return data
+        return Normalizer("dtype")
     if stack.dtype.kind in "ui":
         info = np.iinfo(stack.dtype)
         if info.min < 0:
             raise ValueError(f"signed {stack.dtype} images have no [0, max] range; use --normalize minmax "
                              f"or --normalize percentile")
-        return data / np.float32(info.max)
-    lo, hi = float(data.min()), float(data.max())
+        return Normalizer("dtype", scale=float(info.max))
+    lo, hi = float(np.float32(stack.min())), float(np.float32(stack.max()))
     if lo < 0 or hi > 1:
         raise ValueError(f"float images with values in [{lo:.4g}, {hi:.4g}] cannot be normalised by their "
                          f"type; use --normalize percentile (or minmax)")
-    return data
+    return Normalizer("dtype")
 
 
 def dynamic_range(normalized: np.ndarray) -> float:
@@ -291,16 +320,10 @@ def read_labels(path: str | Path, *, what: str = "labels", force: bool = False) 
                      f"nor an integer instance mask (0 = background, one id per cell): found values {{{shown}}}")
 
 
-def write_tiff(path: str | Path, stack: np.ndarray, info: ImageInfo | None = None) -> Path:
-    """Write (Z, H, W) as an ImageJ hyperstack TIFF (uint8, uint16 or float32) with the axes and pixel
-    size of ``info``; other types (uint32 cell labels) as a plain TIFF. Written to a temporary file
-    and renamed, so a failure leaves nothing half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stack = np.asarray(stack)
-    imagej = stack.dtype in (np.uint8, np.uint16, np.float32)
+def _tiff_kwargs(dtype, info: ImageInfo | None) -> dict:
+    """tifffile's keywords for an ImageJ hyperstack of ``dtype`` with the axes and pixel size of ``info``."""
     kwargs: dict = {"photometric": "minisblack"}
-    if imagej:
+    if np.dtype(dtype) in (np.uint8, np.uint16, np.float32):
         metadata: dict = {"axes": "ZYX"}
         if info is not None and info.unit:
             metadata["unit"] = info.unit
@@ -309,9 +332,36 @@ def write_tiff(path: str | Path, stack: np.ndarray, info: ImageInfo | None = Non
         kwargs.update(imagej=True, metadata=metadata)
     if info is not None and info.resolution:
         kwargs["resolution"] = info.resolution
+    return kwargs
+
+
+@contextmanager
+def tiff_on_disk(path: str | Path, shape: tuple[int, ...], dtype, info: ImageInfo | None = None):
+    """A TIFF written through a memory map (`tifffile.memmap`): yields the (Z, H, W) array to fill, which lives
+    on disk, not in memory; renamed into place when the block ends without an error (as `write_tiff`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tifffile.imwrite(tmp, stack, **kwargs)
+        array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **_tiff_kwargs(dtype, info))
+        yield array
+        array.flush()
+        del array
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_tiff(path: str | Path, stack: np.ndarray, info: ImageInfo | None = None) -> Path:
+    """Write (Z, H, W) as an ImageJ hyperstack TIFF (uint8, uint16 or float32) with the axes and pixel
+    size of ``info``; other types (uint32 cell labels) as a plain TIFF. Written to a temporary file
+    and renamed, so a failure leaves nothing half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stack = np.asarray(stack)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tifffile.imwrite(tmp, stack, **_tiff_kwargs(stack.dtype, info))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

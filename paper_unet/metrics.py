@@ -2,7 +2,7 @@
 
 The paper's Table 1 ranks by the *warping error*, then lists the *Rand error* and the *pixel error*;
 the leaderboard later added *V_rand* and *V_info* after border thinning. The reference
-implementation is Fiji's Trainable_Segmentation (``trainableSegmentation.metrics``); SPEC section 6
+implementation is Fiji's Trainable_Segmentation (``trainableSegmentation.metrics``); docs/spec.md section 6
 states every rule that matters for matching values, and the tests check them against the values
 that evaluator printed (``shared/metrics_reference``), to 1e-12 at the optima and 1e-9 per threshold.
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from paper_unet.atomic import read_json, write_json, write_text
 from paper_unet.config import Config, load_config
+from paper_unet.provenance import machine, provenance
+from paper_unet.stages import machines
 from paper_unet.tables import (METRICS, PAPER_TABLE1, PER_THRESHOLD, fmt, loss_curve, read_csv, study_section,
                                write_csv)
 
@@ -135,8 +138,14 @@ def _submission_line(summary: dict) -> str:
 
 
 def _fast_path_row(summary: dict) -> str:
-    """What the run trained with: the path `fastpath.resolve` chose, or, for a run recorded before
-    it existed, the profile's fixed setting."""
+    """What the run trained with: the path `fastpath.resolve` chose in its training stages (their records), or,
+    for a run recorded before them, the summary's path or the profile's fixed setting."""
+    paths = sorted({s["precision_detail"] for record in summary.get("stages", {}).values()
+                    for s in record.get("sessions", []) if not s["precision_detail"].startswith("prediction:")})
+    if len(paths) == 1:
+        return paths[0]
+    if paths:
+        return "**differs between stages** (see Stages): " + "; ".join(paths)
     if "fast_path" in summary:
         return summary["fast_path"]["summary"]
     r = summary["config"]["run"]
@@ -152,129 +161,157 @@ def _estimate_row(summary: dict) -> str:
             f"{e['step_s']:.3g} s per step, measured at the start{'; ' + str(e['parallel']) + ' processes' if e['parallel'] > 1 else ''}) |")
 
 
-def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | None = None,
-                 lr_search: str | Path | None = None) -> Path:
-    """Write results/ (README.md, CSVs, figures) from a `run_reproduction` output directory.
-
-    A hand-written ``NOTES.md`` in the results directory is appended to the README.
-    """
-    from paper_unet.metrics import THRESHOLDS
-
-    run, results = Path(run), Path(results)
-    summary_path = run / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path} not found: run the reproduction first "
-                                f"(bash reproduction/run_isbi.sh --out {run})")
-    summary = json.loads(summary_path.read_text())
-    results.mkdir(parents=True, exist_ok=True)
-    folds = summary.get("folds", {})
-    config, prov = summary["config"], summary["provenance"]
-    cpu_run = summary.get("device", "cpu").startswith("cpu")
-
-    block_sizes = sorted({len(s["val_slices"]) for s in folds.values()})
-    n_slices = sum(len(s["val_slices"]) for s in folds.values())
-    blocks = (f"{len(folds)} contiguous blocks of {' or '.join(map(str, block_sizes))} training slices"
-              if folds else f"{config['run']['folds']} folds")
-    fold_rows = [{"fold": int(k), "val_slices": f"{s['val_slices'][0]}-{s['val_slices'][-1]}",
-                  **{m: s[m] for m in METRICS}} for k, s in sorted(folds.items())]
-    write_csv(results / "cv_folds.csv", fold_rows)
-    per_threshold = []
-    for k, s in sorted(folds.items()):
-        for key in PER_THRESHOLD.values():
-            for i, value in enumerate(s[key]):
-                per_threshold.append({"fold": int(k), "metric": key, "threshold": repr(THRESHOLDS[i]),
-                                      "value": value})
-    write_csv(results / "per_threshold.csv", per_threshold)
-
-    mean = {m: float(np.mean([r[m] for r in fold_rows])) for m in METRICS} if fold_rows else {}
-    std = {m: float(np.std([r[m] for r in fold_rows], ddof=1)) if len(fold_rows) > 1 else math.nan
-           for m in METRICS} if fold_rows else {}
+def _labels(config: dict, cpu_run: bool) -> tuple[str, str]:
+    """(banner, label): how the README's top and its Table 1 rows name a run that is not the paper setting."""
     paper = load_config("paper")
     reduced = _reduced(config, paper)
     if cpu_run:
-        banner = f"**CPU run{reduced}, NOT the paper setting.** "
-        label = f"ours, `{config['name']}` profile (CPU run, NOT the paper setting)"
-    elif reduced:  # a GPU run cut down to fit the time it had: say so wherever its numbers appear
-        banner = (f"**GPU run{reduced} against the `paper` profile (width {config['model']['base_channels']}, "
-                  f"tile {config['data']['tile']}, {config['optim']['iterations']} iterations; the profile: "
-                  f"{paper.model.base_channels}, {paper.data.tile}, {paper.optim.iterations}), NOT the paper "
-                  f"setting.** ")
-        label = f"ours, `{config['name']}` profile ({reduced[2:]}: {config['optim']['iterations']} iterations)"
-    else:
-        banner, label = "", f"ours, `{config['name']}` profile"
+        return (f"**CPU run{reduced}, NOT the paper setting.** ",
+                f"ours, `{config['name']}` profile (CPU run, NOT the paper setting)")
+    if reduced:  # a GPU run cut down to fit the time it had: say so wherever its numbers appear
+        return ((f"**GPU run{reduced} against the `paper` profile (width {config['model']['base_channels']}, "
+                 f"tile {config['data']['tile']}, {config['optim']['iterations']} iterations; the profile: "
+                 f"{paper.model.base_channels}, {paper.data.tile}, {paper.optim.iterations}), NOT the paper "
+                 f"setting.** "),
+                f"ours, `{config['name']}` profile ({reduced[2:]}: {config['optim']['iterations']} iterations)")
+    return "", f"ours, `{config['name']}` profile"
+
+
+def _fold_rows(folds: dict) -> list[dict]:
+    return [{"fold": int(k), "val_slices": f"{s['val_slices'][0]}-{s['val_slices'][-1]}",
+             **{m: s[m] for m in METRICS}} for k, s in sorted(folds.items())]
+
+
+def _write_csvs(results: Path, folds: dict, fold_rows: list[dict]) -> None:
+    """cv_folds.csv (one row per fold) and per_threshold.csv (every threshold of every fold)."""
+    from paper_unet.metrics import THRESHOLDS
+
+    write_csv(results / "cv_folds.csv", fold_rows)
+    per_threshold = [{"fold": int(k), "metric": key, "threshold": repr(THRESHOLDS[i]), "value": value}
+                     for k, s in sorted(folds.items()) for key in PER_THRESHOLD.values() for i, value in enumerate(s[key])]
+    write_csv(results / "per_threshold.csv", per_threshold)
+
+
+def _mean_std(fold_rows: list[dict]) -> tuple[dict, dict]:
+    if not fold_rows:
+        return {}, {}
+    mean = {m: float(np.mean([r[m] for r in fold_rows])) for m in METRICS}
+    std = {m: float(np.std([r[m] for r in fold_rows], ddof=1)) if len(fold_rows) > 1 else math.nan for m in METRICS}
+    return mean, std
+
+
+def _cv_table(fold_rows: list[dict], mean: dict, std: dict) -> str:
+    if not fold_rows:
+        return "(no folds)"
     cv = ["| fold | held-out slices | warping error | Rand error | pixel error | V_rand (thinned) | V_info (thinned) |",
           "|---|---|---|---|---|---|---|"]
-    cv += [f"| {r['fold']} | {r['val_slices']} | " + " | ".join(fmt(r[m]) for m in METRICS) + " |"
-           for r in fold_rows]
-    if fold_rows:
-        cv.append("| **mean ± std** | | " + " | ".join(f"**{mean[m]:.6f}** ± {std[m]:.6f}" for m in METRICS) + " |")
+    cv += [f"| {r['fold']} | {r['val_slices']} | " + " | ".join(fmt(r[m]) for m in METRICS) + " |" for r in fold_rows]
+    cv.append("| **mean ± std** | | " + " | ".join(f"**{mean[m]:.6f}** ± {std[m]:.6f}" for m in METRICS) + " |")
+    return "\n".join(cv)
 
+
+def _table1(label: str, fold_rows: list[dict], mean: dict, test: dict | None, n_slices: int) -> str:
+    """The paper's Table 1 rows with ours beside them (cross-validation mean; test volume when scored)."""
     table1 = ["| rank | group | warping error | Rand error | pixel error | V_rand | V_info |",
               "|---|---|---|---|---|---|---|"]
     table1 += [f"| {rank} | {group} | {w:.6f} | {r:.4f} | {p:.4f} | - | - |" for rank, group, w, r, p in PAPER_TABLE1]
     if fold_rows:
-        table1.append(f"| - | {label}: {len(fold_rows)}-fold CV on the {n_slices} training slices | {mean['warping_error']:.6f} | "
-                      f"{mean['rand_error']:.4f} | {mean['pixel_error']:.4f} | {mean['vrand_thinned']:.4f} | "
-                      f"{mean['vinfo_thinned']:.4f} |")
-    test = summary.get("test")
+        table1.append(f"| - | {label}: {len(fold_rows)}-fold CV on the {n_slices} training slices | "
+                      f"{mean['warping_error']:.6f} | {mean['rand_error']:.4f} | {mean['pixel_error']:.4f} | "
+                      f"{mean['vrand_thinned']:.4f} | {mean['vinfo_thinned']:.4f} |")
     if test:
         table1.append(f"| - | {label}: test volume | {test['warping_error']:.6f} | {test['rand_error']:.4f} | "
                       f"{test['pixel_error']:.4f} | {test['vrand_thinned']:.4f} | {test['vinfo_thinned']:.4f} |")
-    made = _figures(run, results, summary, Path(isbi_dir) if isbi_dir else None)
-    lr_table = _lr_table(Path(lr_search)) if lr_search else ""
+    return "\n".join(table1)
+
+
+def _wall_time(summary: dict) -> str:
+    """The wall-time row: from start to end for stages in parallel processes, else the stages' sum."""
+    folds = summary.get("folds", {})
     timings = summary.get("timings_s", {})
     stage_s = {k: v for k, v in timings.items() if k != "total_this_invocation"}
     stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_s.items())
-    if summary.get("wall_s") is not None:  # stages ran in parallel processes (run_isbi.sh --parallel-folds)
-        train_min = ", ".join(f"fold {k} {s['train_seconds'] / 60:.1f} min" for k, s in sorted(folds.items())
-                              if s.get("train_seconds") is not None)
-        together = "the folds and the final model" if summary.get("submission") else "the folds"
-        others = f"; other stages: {stages}" if stages else ""
-        wall = (f"{summary['wall_s'] / 60:.1f} min from start to end; {together} trained in "
-                f"parallel processes (training: {train_min}{others})")
-    else:
-        wall = f"{sum(stage_s.values()) / 60:.1f} min in all stages ({stages})"
+    if summary.get("wall_s") is None:
+        return f"{sum(stage_s.values()) / 60:.1f} min in all stages ({stages})"
+    train_min = ", ".join(f"fold {k} {s['train_seconds'] / 60:.1f} min" for k, s in sorted(folds.items())
+                          if s.get("train_seconds") is not None)  # stages ran in parallel processes
+    together = "the folds and the final model" if summary.get("submission") else "the folds"
+    others = f"; other stages: {stages}" if stages else ""
+    return (f"{summary['wall_s'] / 60:.1f} min from start to end; {together} trained in "
+            f"parallel processes (training: {train_min}{others})")
+
+
+def _hardware(summary: dict) -> str:
+    """The hardware row: the run's machine, or, when its stages ran on several, that they did."""
+    ran_on = machines(summary.get("stages", {}))
+    if len(ran_on) > 1:
+        return ("**several machines**: " + "; ".join(f"{m} ({', '.join(stages)})" for m, stages in ran_on.items())
+                + " (see Stages)")
+    prov = summary["provenance"]
+    return prov["gpu"] or (f"{prov.get('cpu_capability', prov['cpu'])} ({prov['cpu_cores']} cores, "
+                           f"{prov['torch_threads']} torch threads), no GPU")
+
+
+def _stages_section(summary: dict) -> str:
+    """## Stages: each stage's own record (what it did, on which machine, precision, commit, when, how long)."""
+    records = summary.get("stages")
+    if not records:
+        return ""
+    lines = ["| stage | did | machine | precision | commit | torch | started (UTC) | ended (UTC) | wall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, record in records.items():
+        did = ", ".join(f"{k} {v}" for k, v in record.get("did", {}).items() if k not in ("checkpoint", "trained_with"))
+        if not record.get("sessions"):
+            lines.append(f"| {name} | {did} | {record.get('legacy', 'unknown')} | - | - | - | - | - | - |")
+        for s in record.get("sessions", []):
+            wall = f"{s['wall_s'] / 60:.1f} min" if s.get("wall_s") is not None else "stopped before its end"
+            lines.append(f"| {name} | {did} | {machine(s)} | {s['precision']} | "
+                         f"`{s['commit'][:10]}`{'+dirty' if s.get('dirty') else ''} | {s['torch']} | {s['start_utc']} "
+                         f"| {s.get('end_utc') or '-'} | {wall} |")
+    ran_on = machines(records)
+    note = (f"\n\nThe stages ran on {len(ran_on)} different machines: a stage with two rows was interrupted and "
+            f"resumed. Timings of different machines do not add up to one machine's." if len(ran_on) > 1 else "")
+    return ("## Stages\n\nEach stage of the run keeps its own record (`stage.json` in its folder of the run directory), "
+            "written when it starts and when it ends; one row per process that worked on it.\n\n"
+            + "\n".join(lines) + note + "\n")
+
+
+def _read_summary(run: Path) -> dict:
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found: run the reproduction first "
+                                f"(bash reproduction/run_isbi.sh --out {run})")
+    summary = read_json(summary_path, "run summary")
+    if summary is None:
+        raise ValueError(f"{summary_path} is torn (not valid JSON): run the reproduction again with the same "
+                         f"options; it rebuilds the summary from the stage records without training again")
+    return summary
+
+
+def _provenance_table(summary: dict) -> str:
+    config, prov = summary["config"], summary["provenance"]
     m, o, d = config["model"], config["optim"], config["data"]
-    hardware = prov["gpu"] or (f"{prov.get('cpu_capability', prov['cpu'])} ({prov['cpu_cores']} cores, "
-                               f"{prov['torch_threads']} torch threads), no GPU")
-    text = f"""# ISBI 2012 reproduction — `{config['name']}` profile
-
-{banner}Generated by
-`paper-unet report` from the run directory of `paper-unet reproduce` (what `reproduction/run_isbi.sh` runs).
-
-## Provenance
-
-| | |
+    warmup = f" (linear warm-up over {o['warmup']} iterations)" if o.get('warmup') else ""
+    dirty = " (uncommitted changes in paper_unet/ or reproduction/)" if prov.get('dirty') else ""
+    return f"""| | |
 |---|---|
 | command | `{prov['command']}` |
-| commit | `{prov['commit']}`{" (uncommitted changes in paper_unet/ or reproduction/)" if prov.get('dirty') else ""} |
-| hardware | {hardware} |
+| commit | `{prov['commit']}`{dirty} |
+| hardware | {_hardware(summary)} |
 | software | torch {prov['torch']}, Python {prov['python']}, {prov['platform']} |
 | date (UTC) | {prov['date_utc']} |
 | seed | {config['run']['seed']} |
-| wall time | {wall} |{_estimate_row(summary)}
+| wall time | {_wall_time(summary)} |{_estimate_row(summary)}
 | fast path | {_fast_path_row(summary)} |
 | network | UNet base_channels {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}, variant {m['variant']} |
-| training | tile {d['tile']}, SGD lr {o['lr']:g}{f" (linear warm-up over {o['warmup']} iterations)" if o.get('warmup') else ""} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
-| inference | {prediction_method(config)}; one tile per slice (the smallest valid one covering 512 px: {single_tile(config)} at depth {m['depth']}) |
+| training | tile {d['tile']}, SGD lr {o['lr']:g}{warmup} (x{o['lr_decay']:g} after {o['lr_decay_at']:.0%}), momentum {o['momentum']}, weight decay {o['weight_decay']:g}, {o['iterations']} iterations, batch {o['batch_size']} |
+| inference | {prediction_method(config)}; one tile per slice (the smallest valid one covering 512 px: {single_tile(config)} at depth {m['depth']}) |"""
 
-## Cross-validation ({blocks}; last checkpoint of each fold)
 
-{chr(10).join(cv) if fold_rows else "(no folds)"}
-
-Data: `cv_folds.csv`; every threshold of every fold: `per_threshold.csv`, `figures/per_threshold.png`.
-
-## Beside the paper's Table 1
-
-{chr(10).join(table1)}
-
-The paper's rows are the challenge's **test-set** leaderboard (6 March 2015, scored by the organisers).
-Our cross-validation rows are scored on held-out **training** slices with the same evaluator's metrics
-(`paper_unet.metrics`, which reproduces the evaluator's printed values to 1e-12 at the optima and 1e-9 at
-every threshold): a different data split, so the
-comparison is indicative, not a leaderboard entry. {"The test volume was not scored: test-labels.tif was not available to this run." if not test else ""}
-{_submission_line(summary)}
-"""
+def _extra_sections(results: Path, lr_search: str | Path | None, made: list[str]) -> str:
+    """The learning-rate search, the budget study, the figures and the hand-written NOTES.md, when present."""
+    text = ""
+    lr_table = _lr_table(Path(lr_search)) if lr_search else ""
     if lr_table:
         text += f"\n## Learning-rate search\n\n{lr_table}\n"
     study = results / "budget_study.csv"  # reproduction/budget_study.py merges its rows there
@@ -285,24 +322,68 @@ comparison is indicative, not a leaderboard entry. {"The test volume was not sco
     notes = results / "NOTES.md"  # hand-written remarks, kept when the report is regenerated
     if notes.is_file():
         text += "\n" + notes.read_text()
-    (results / "README.md").write_text(text)
-    (results / "summary.json").write_text(json.dumps(
-        {k: v for k, v in summary.items() if k != "folds"} | {"cv_mean": mean, "cv_std": std}, indent=2) + "\n")
+    return text
+
+
+def write_report(run: str | Path, results: str | Path, isbi_dir: str | Path | None = None,
+                 lr_search: str | Path | None = None) -> Path:
+    """Write results/ (README.md, CSVs, figures, summary.json) from a `run_reproduction` output directory.
+
+    A hand-written ``NOTES.md`` in the results directory is appended to the README. The results'
+    ``summary.json`` carries the run's stage records and the report's own record (``report``).
+    """
+    run, results = Path(run), Path(results)
+    summary = _read_summary(run)
+    results.mkdir(parents=True, exist_ok=True)
+    folds, config = summary.get("folds", {}), summary["config"]
+    block_sizes = sorted({len(s["val_slices"]) for s in folds.values()})
+    blocks = (f"{len(folds)} contiguous blocks of {' or '.join(map(str, block_sizes))} training slices"
+              if folds else f"{config['run']['folds']} folds")
+    fold_rows = _fold_rows(folds)
+    _write_csvs(results, folds, fold_rows)
+    mean, std = _mean_std(fold_rows)
+    banner, label = _labels(config, summary.get("device", "cpu").startswith("cpu"))
+    test = summary.get("test")
+    made = _figures(run, results, summary, Path(isbi_dir) if isbi_dir else None)
+    stages = _stages_section(summary)
+    unscored = "The test volume was not scored: test-labels.tif was not available to this run." if not test else ""
+    text = f"""# ISBI 2012 reproduction — `{config['name']}` profile
+
+{banner}Generated by
+`paper-unet report` from the run directory of `paper-unet reproduce` (what `reproduction/run_isbi.sh` runs).
+
+## Provenance
+
+{_provenance_table(summary)}
+{chr(10) + stages if stages else ""}
+## Cross-validation ({blocks}; last checkpoint of each fold)
+
+{_cv_table(fold_rows, mean, std)}
+
+Data: `cv_folds.csv`; every threshold of every fold: `per_threshold.csv`, `figures/per_threshold.png`.
+
+## Beside the paper's Table 1
+
+{_table1(label, fold_rows, mean, test, sum(len(s['val_slices']) for s in folds.values()))}
+
+The paper's rows are the challenge's **test-set** leaderboard (6 March 2015, scored by the organisers).
+Our cross-validation rows are scored on held-out **training** slices with the same evaluator's metrics
+(`paper_unet.metrics`, which reproduces the evaluator's printed values to 1e-12 at the optima and 1e-9 at
+every threshold): a different data split, so the
+comparison is indicative, not a leaderboard entry. {unscored}
+{_submission_line(summary)}
+"""
+    text += _extra_sections(results, lr_search, made)
+    write_text(results / "README.md", text)
+    write_json(results / "summary.json", {k: v for k, v in summary.items() if k != "folds"}
+               | {"cv_mean": mean, "cv_std": std, "report": provenance()})
     return results / "README.md"
 
 
-def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-rate check") -> Path:
-    """results/ for a `reproduce.tune_learning_rate` run: README table, loss-curve CSV and figure.
-
-    One row per rate: steps run, wall time, the final smoothed loss (mean of the last 10 logged
-    values), each validation, and whether training stopped (divergence or collapse). A hand-written
-    ``NOTES.md`` in ``results`` is appended.
-    """
+def _lr_curves(run: Path, data: dict, results: Path) -> tuple[dict, dict]:
+    """Each rate's loss curve and validations; loss_curves.csv and loss_curves.png written."""
     from paper_unet.plots import plot_loss_curves
 
-    run, results = Path(run), Path(results)
-    data = json.loads((run / "lr_search.json").read_text())
-    results.mkdir(parents=True, exist_ok=True)
     curves, validations, csv_rows = {}, {}, []
     for row in data["rows"]:
         name = f"lr {row['lr']:g}"
@@ -312,6 +393,11 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
         csv_rows += [{"lr": f"{row['lr']:g}", **r} for r in log]
     write_csv(results / "loss_curves.csv", csv_rows)
     plot_loss_curves(curves, results / "loss_curves.png", validations, title="training loss by learning rate")
+    return curves, validations
+
+
+def _lr_check_table(data: dict, curves: dict, validations: dict) -> str:
+    """One row per rate: steps, wall time, final smoothed loss, each validation, whether a check stopped it."""
     every = sorted({int(v["iteration"]) for rows in validations.values() for v in rows})
     head = "| lr | steps logged | wall time (min) | final smoothed loss | " + " | ".join(
         f"val pixel @{i} | val Rand @{i}" for i in every) + " | stopped |"
@@ -326,14 +412,22 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
         stopped = "no" if row["status"] == "ok" else row["status"].replace("|", "/")
         steps = int(curves[name][0][-1]) if len(loss) else 0
         lines.append(f"| {row['lr']:g} | {steps} | {row['seconds'] / 60:.1f} | {fmt(smoothed, 4)} | {cells} | {stopped} |")
-    p, config = data["provenance"], data["config"]
-    runs: dict[tuple, list[str]] = {}  # one line per search invocation: (command, commit, start) -> rates
+    return "\n".join(lines)
+
+
+def _lr_invocations(data: dict) -> str:
+    """One provenance row per search invocation (command, commit, start) with the rates it ran."""
+    runs: dict[tuple, list[str]] = {}
     for row in data["rows"]:
-        q = row.get("provenance", p)
+        q = row.get("provenance", data["provenance"])
         runs.setdefault((q["command"], q["commit"], q["date_utc"], q.get("note", "")), []).append(f"{row['lr']:g}")
-    invocations = "\n".join(f"| rates {', '.join(rates)} | `{command}` | `{commit}` | {date} |"
-                             + (f" {note} |" if note else " |") for (command, commit, date, note), rates in runs.items())
-    m, o, d, r = config["model"], config["optim"], config["data"], config["run"]
+    return "\n".join(f"| rates {', '.join(rates)} | `{command}` | `{commit}` | {date} |" + (f" {note} |" if note else " |")
+                     for (command, commit, date, note), rates in runs.items())
+
+
+def _lr_schedule_and_checks(data: dict) -> tuple[str, str]:
+    """What schedule the rates ran, and which checks could stop them."""
+    o = data["config"]["optim"]
     steps = max(row["iterations"] for row in data["rows"])
     decay_at = o["lr_decay_at"] * o["iterations"]
     schedule = (f"the first {steps} steps of the profile's own schedule ({o['iterations']} iterations, x{o['lr_decay']:g} "
@@ -342,15 +436,35 @@ def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-
     collapse = (f"the collapse check (a constant output on the training tiles for {o['collapse_patience']} log "
                 f"intervals in a row, or nearly constant validation predictions at two validations in a row)"
                 if o["collapse_patience"] else "the collapse check was off;")
+    return schedule, collapse
+
+
+def write_lr_check(run: str | Path, results: str | Path, title: str = "Learning-rate check") -> Path:
+    """results/ for a `reproduce.tune_learning_rate` run: README table, loss-curve CSV and figure.
+
+    One row per rate: steps run, wall time, the final smoothed loss (mean of the last 10 logged
+    values), each validation, and whether training stopped (divergence or collapse). A hand-written
+    ``NOTES.md`` in ``results`` is appended.
+    """
+    run, results = Path(run), Path(results)
+    data = read_json(run / "lr_search.json", "learning-rate search")
+    if data is None:
+        raise FileNotFoundError(f"{run / 'lr_search.json'} is missing or torn: run the search (reproduction/tune_lr.py)")
+    results.mkdir(parents=True, exist_ok=True)
+    curves, validations = _lr_curves(run, data, results)
+    p, config = data["provenance"], data["config"]
+    m, o, d, r = config["model"], config["optim"], config["data"], config["run"]
+    schedule, collapse = _lr_schedule_and_checks(data)
     hardware = p["gpu"] or f"{p['cpu']} ({p['cpu_cores']} cores, {p['torch_threads']} torch threads), no GPU"
+    auto = " (auto: chosen per machine, see each rate's fast_path.json)" if "auto" in (r['bf16'], r['channels_last']) else ""
     text = f"""# {title}
 
 Profile `{config['name']}`: UNet width {m['base_channels']}, depth {m['depth']}, dropout {m['dropout']}; tile {d['tile']};
-SGD momentum {o['momentum']}, batch {o['batch_size']}; bf16 autocast {r['bf16']}, channels_last {r['channels_last']}{" (auto: chosen per machine, see each rate's fast_path.json)" if "auto" in (r['bf16'], r['channels_last']) else ""};
+SGD momentum {o['momentum']}, batch {o['batch_size']}; bf16 autocast {r['bf16']}, channels_last {r['channels_last']}{auto};
 fold {data['rows'][0]['fold']} (train on the other blocks, validate on its block, no TTA); seed {r['seed']};
 {schedule}.
 
-{chr(10).join(lines)}
+{_lr_check_table(data, curves, validations)}
 
 Loss logged every {r['log_every']} steps (the mean over those steps): `loss_curves.csv`; figure: `loss_curves.png`.
 Checks during training: {collapse} and the divergence check (the smoothed loss above
@@ -362,12 +476,12 @@ Checks during training: {collapse} and the divergence check (the smoothed loss a
 
 | runs | command | commit | started (UTC) | note |
 |---|---|---|---|---|
-{invocations}
+{_lr_invocations(data)}
 
 Hardware: {hardware}; torch {p['torch']}, Python {p['python']}. Wall time: {sum(row['seconds'] for row in data['rows']) / 60:.1f} min for all rates, run one after another.
 """
     notes = results / "NOTES.md"
     if notes.is_file():
         text += "\n" + notes.read_text()
-    (results / "README.md").write_text(text)
+    write_text(results / "README.md", text)
     return results / "README.md"

@@ -17,13 +17,13 @@ budget study's); `paper-unet train` on your own data sets it (README "Your own d
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from paper_unet.atomic import read_json, write_json
 from paper_unet.config import Config, config_from_dict
 from paper_unet.train import TrainingDiverged, TrainResult, train
 
@@ -35,15 +35,18 @@ _LOGS = ("train_log.csv", "val_log.csv", "config.json", "fast_path.json")
 
 
 def read_attempts(out: str | Path) -> list[dict]:
-    """The attempts recorded in ``out`` (empty when the run never restarted)."""
+    """The attempts recorded in ``out`` (empty when the run never restarted). A record that does not parse stops
+    the run: counting from zero would allow more restarts than ``optim.restarts``."""
     path = Path(out) / ATTEMPTS
-    return json.loads(path.read_text()) if path.is_file() else []
+    attempts = read_json(path, "attempts record")
+    if attempts is None and path.is_file():
+        raise ValueError(f"{path} is torn (not valid JSON): the run cannot tell how often it restarted. Restore it, "
+                         f"or delete {path.parent} to start the run afresh")
+    return attempts or []
 
 
 def _write_attempts(out: Path, attempts: list[dict]) -> None:
-    tmp = out / f".{ATTEMPTS}.tmp"
-    tmp.write_text(json.dumps(attempts, indent=2) + "\n")
-    tmp.replace(out / ATTEMPTS)
+    write_json(out / ATTEMPTS, attempts)
 
 
 def _at_rate(config: Config, lr: float) -> Config:

@@ -1,6 +1,6 @@
 """From P(cell) to a segmentation: a threshold and a minimum size chosen on validation data, a mask, cells.
 
-The challenge scores probability maps over a grid of thresholds (SPEC section 6); a researcher
+The challenge scores probability maps over a grid of thresholds (docs/spec.md section 6); a researcher
 who wants a mask needs one threshold. Which one is best depends on what the labels are
 (`label_kind`):
 

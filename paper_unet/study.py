@@ -27,7 +27,7 @@ from paper_unet.tables import (METRICS, PAPER_TABLE1, loss_curve, markdown_table
 
 __all__ = ["Variant", "parse_variant", "run_variants", "read_rows", "markdown_table", "study_section",
            "put_section", "STUDY_FIELDS", "ABLATIONS", "NOISE", "POPULAR", "CONTROLS", "ablation_variants",
-           "touching_cells_window", "write_ablation_report", "adopt_network", "keep_curves"]
+           "touching_cells_window", "write_ablation_report", "adopt_network", "keep_curves", "gather"]
 
 # What each of the paper's ingredients buys: every variant differs from the full method (a profile as
 # it is) in one ingredient; "padded_no_bn" is "padded_unet" less its BatchNorm, so that the two
@@ -50,7 +50,7 @@ ABLATIONS = {
 REUSE = {"no_tta": "full"}
 NOISE = {"full_seed1": ["run.seed=1"]}  # the full method again with another seed: the noise floor
 # The padded networks as the popular setup trains them (what the first padded rows measured, 2026-11-25):
-# no dropout, and labels and loss over the whole 572 tile (2.2x the labelled area of the paper's 388 x 388).
+# no dropout, and labels and loss over the whole 572 tile (about twice the labelled area: 572 x 572 against the 388 x 388 of the paper).
 # Runnable by name (--only), not part of the default study.
 POPULAR = {"padded_unet_popular": ['model.network="padded"', "model.dropout=0.0", "data.label_whole_tile=true"],
            "padded_no_bn_popular": ['model.network="padded"', "model.padded_batch_norm=false", "model.dropout=0.0",
@@ -170,25 +170,42 @@ def adopt_network(source: Path, fold_dir: Path, config: Config) -> bool:
     return True
 
 
-def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict,
-         prov: dict) -> dict:
-    o, r = config.optim, config.run
-    from paper_unet.distributed import resolve_device
-    from paper_unet.fastpath import resolve
+def _stamp(record: dict | None, earlier: dict | None) -> dict:
+    """The row's commit, hardware and date: from the fold's stage record (the sessions that ran it, so a
+    finished variant keeps the provenance of the run that made it when a study is resumed elsewhere); for a
+    fold finished before stage records, the row the CSV already has (``earlier``)."""
+    from paper_unet.provenance import machine
 
-    path = resolve(r.bf16, r.channels_last, resolve_device(r.device)).short()
-    cpu = f"{prov['cpu']} ({prov['cpu_class']} CPU)" if "cpu_class" in prov else prov["cpu"]
-    threads = prov["torch_threads"]
-    hardware = f"{prov['gpu'] or f'{cpu}, {threads} threads'}; {path}"
+    sessions = (record or {}).get("sessions", [])
+    if not sessions:
+        if earlier is None:
+            return {"commit": "unknown", "hardware": "unknown", "date_utc": "unknown"}
+        return {key: earlier[key] for key in ("commit", "hardware", "date_utc")}
+    commits = dict.fromkeys(s["commit"][:10] + ("+dirty" if s.get("dirty") else "") for s in sessions)
+    ran_on = dict.fromkeys(f"{machine(s)}; {s['precision']}" for s in sessions)
+    last = sessions[-1]
+    return {"commit": " then ".join(commits), "hardware": " then ".join(ran_on),
+            "date_utc": last.get("end_utc") or last["start_utc"]}
+
+
+SETTING = ("overrides", "tile", "width", "lr", "warmup", "iterations", "lr_decay_at", "tta", "seed", "fold")
+
+
+def _same_setting(a: dict, b: dict) -> bool:
+    """Whether two rows describe the same training and prediction (a CSV row is text: compared as text)."""
+    return all(str(a.get(key)) == str(b.get(key)) for key in SETTING)
+
+
+def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict,
+         stamp: dict) -> dict:
+    o, r = config.optim, config.run
     return {"name": variant.name, "overrides": " ".join(variant.overrides), "tile": config.data.tile,
             "width": config.model.base_channels, "lr": f"{o.lr:g}", "warmup": o.warmup,
             "iterations": o.iterations, "lr_decay_at": o.lr_decay_at, "tta": r.tta, "seed": r.seed,
             "fold": fold, "status": status,
             "train_min": f"{timings.get(f'fold{fold}_train', math.nan) / 60:.1f}",
             "predict_min": f"{timings.get(f'fold{fold}_predict', math.nan) / 60:.1f}",
-            **{m: scores.get(m, math.nan) for m in METRICS},
-            "commit": prov["commit"][:10] + ("+dirty" if prov.get("dirty") else ""), "hardware": hardware,
-            "date_utc": prov["date_utc"]}
+            **{m: scores.get(m, math.nan) for m in METRICS}, **stamp}
 
 
 def keep_curves(fold_dir: Path, curves: Path, name: str) -> bool:
@@ -211,7 +228,9 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     """Train and score each variant on ``fold``; merge its row into ``csv_path`` as soon as it ends.
 
     ``common`` overrides apply to every variant (before its own). An unfinished variant resumes
-    from its checkpoints in ``out/NAME``; a finished one (its fold metrics exist) is only re-read.
+    from its checkpoints in ``out/NAME``; a finished one (its fold metrics exist) is only re-read, and its row in
+    the CSV is kept as the run that made it wrote it (commit, machine, date: a resumed study never re-stamps
+    it; a new row's provenance comes from its fold's stage record, `stages`).
     A variant with ``reuse`` predicts and scores that variant's checkpoints (which must exist, and
     whose config may differ only in prediction settings). With ``slices``, a crop of the first
     held-out slice where cells touch is kept per variant (``slices/NAME.png``, P(cell) x 255),
@@ -220,14 +239,15 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
     ``adopt`` maps a variant name to another run directory whose fold network was trained with
     exactly that variant's config: it is adopted (`adopt_network`) instead of trained again.
     """
-    from paper_unet.reproduce import provenance, run_reproduction
+    from paper_unet.reproduce import run_reproduction
+    from paper_unet.stages import read_stage
     from paper_unet.train import TrainingDiverged
 
     rows = []
-    started = provenance(command)  # at the start: the code that runs is the code of this commit
     for variant in variants:
         config = load_config(profile, [*(common or []), *variant.overrides])
         run_dir = out / variant.name
+        finished = (run_dir / f"fold{fold}" / "metrics.json").is_file()  # re-read below, not run again
         trained = None
         if variant.reuse:
             base = load_config(profile, [*(common or []), *dict(ablation_pairs()).get(variant.reuse, [])])
@@ -240,7 +260,6 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
                 raise ValueError(f"{variant.name} predicts {variant.reuse}'s networks: run {variant.reuse} first")
         if variant.name in (adopt or {}):
             adopt_network(Path(adopt[variant.name]) / f"fold{fold}", run_dir / f"fold{fold}", config)
-        prov = {**started, "date_utc": provenance(command)["date_utc"]}  # the commit of the start
         start = time.perf_counter()
         try:
             summary = run_reproduction(config, isbi, run_dir, progress=progress, command=command,
@@ -249,12 +268,18 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
         except TrainingDiverged as error:
             scores, status = {}, f"stopped: {error}"
             timings = {f"fold{fold}_train": time.perf_counter() - start}
+        earlier = next((r for r in read_rows(csv_path) if r["name"] == variant.name), None)
+        same = earlier is not None and _same_setting(earlier, _row(variant, config, fold, status, scores, timings, {}))
+        stamp = _stamp(read_stage(run_dir / f"fold{fold}"), earlier if same else None)
+        if status != "ok":
             shutil.rmtree(run_dir / f"fold{fold}", ignore_errors=True)  # a rerun starts afresh
         if "train_seconds" in scores:  # the network's own training time: summed over resumptions, kept
             timings = {**timings, f"fold{fold}_train": scores["train_seconds"]}  # when re-read or adopted
-        row = _row(variant, config, fold, status, scores, timings, prov)
+        row = _row(variant, config, fold, status, scores, timings, stamp)
         if variant.reuse:
             row["train_min"] = f"(= {variant.reuse})"
+        if finished and same and status == "ok":
+            row = earlier  # a finished variant's row as the run that made it wrote it: never re-stamped
         if curves is not None and status == "ok" and not variant.reuse:
             keep_curves(run_dir / f"fold{fold}", curves, variant.name)
         probabilities = run_dir / f"fold{fold}" / "val_probabilities.tif"
@@ -285,6 +310,29 @@ WHAT = {"full": "the full method (the profile as it is)", "no_border_term": "w0 
         "padded_no_bn_popular": "PaddedUNet without BatchNorm, the popular setup: no dropout, loss over the whole tile",
         "no_dropout": "no dropout", "full_seed1": "the full method with seed 1 (noise floor)",
         "full_fp32": "the full method in fp32 (NCHW) whatever the CPU (precision control)"}
+
+
+def gather(jobs: list[Path], results: Path, csv_name: str) -> list[str]:
+    """A study run as one job per variant (a SLURM array: docs/scaling_out.md), gathered: each job's results folder
+    (its ``csv_name``, ``slices/``, ``curves/``) merged into ``results`` (a variant in several jobs: the last one
+    given wins). Returns the variants gathered. Rows keep their own provenance (`_stamp`)."""
+    csv_path = results / csv_name
+    merged = {r["name"]: r for r in read_rows(csv_path)}
+    names = []
+    for job in jobs:
+        rows = read_rows(job / csv_name)
+        if not rows:
+            raise ValueError(f"{job / csv_name} has no rows: is {job} the --results folder of a finished job?")
+        for row in rows:
+            merged[row["name"]] = row
+            names.append(row["name"])
+        for folder in ("slices", "curves"):
+            if (job / folder).is_dir():
+                (results / folder).mkdir(parents=True, exist_ok=True)
+                for path in sorted((job / folder).iterdir()):
+                    shutil.copyfile(path, results / folder / path.name)
+    write_csv(csv_path, list(merged.values()), STUDY_FIELDS)
+    return names
 
 
 def _curves_figure(results: Path, names: list[str]) -> str:

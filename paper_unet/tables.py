@@ -8,12 +8,15 @@ imports the other.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PAPER_TABLE1", "METRICS", "PER_THRESHOLD", "fmt", "read_csv", "read_rows", "loss_curve", "write_csv",
+from paper_unet.atomic import write_text
+
+__all__ = ["PAPER_TABLE1", "PAPER_UNET", "PAPER_TABLE2_IOU", "METRICS", "PER_THRESHOLD", "fmt", "read_csv", "read_rows", "loss_curve", "write_csv",
            "markdown_table", "study_section", "put_section"]
 
 # Paper Table 1: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
@@ -25,6 +28,10 @@ PAPER_TABLE1 = [
     (4, "DIVE", 0.000430, 0.0545, 0.0582),
     (10, "IDSIA-SCI", 0.000653, 0.0189, 0.1027),
 ]
+# Row 1 (the u-net) as the metrics' names, for what prints our scores beside it (`paper-unet evaluate`).
+PAPER_UNET = dict(zip(["warping_error", "rand_error", "pixel_error"], next(r[2:] for r in PAPER_TABLE1 if r[0] == 1)))
+# Paper Table 2: the u-net's IOU on the two cell data sets of the ISBI cell tracking challenge 2015.
+PAPER_TABLE2_IOU = {"PhC-U373": 0.9203, "DIC-HeLa": 0.7756}
 METRICS = ["warping_error", "rand_error", "pixel_error", "vrand_thinned", "vinfo_thinned"]
 PER_THRESHOLD = {"pixel_error": "pixel_fscore_per_threshold", "rand_error": "rand_fscore_per_threshold",
                  "warping_error": "warping_error_per_threshold",
@@ -51,17 +58,15 @@ def loss_curve(log: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
-    """Write rows (columns: ``fieldnames``, else the first row's keys) through a temporary file and
-    a rename; without rows and fieldnames nothing is written."""
+    """Write rows (columns: ``fieldnames``, else the first row's keys) atomically (`atomic.write_text`);
+    without rows and fieldnames nothing is written."""
     if not rows and fieldnames is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames or list(rows[0]), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fieldnames or list(rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 read_rows = read_csv  # a study's rows (its CSV)

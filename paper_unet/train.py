@@ -26,7 +26,6 @@ and recorded in ``fast_path.json`` and in every checkpoint, beside the step's le
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -37,18 +36,18 @@ import numpy as np
 import torch
 
 from paper_unet import __version__
-from paper_unet.augment import AugmentConfig
+from paper_unet.atomic import write_json
 from paper_unet.config import Config, config_from_dict
 from paper_unet.collapse import is_dead, looks_dead, nearly_constant, output_spread, uninformative
 from paper_unet.checkpoint import (build_model, load_checkpoint, load_weights, model_from_checkpoint,
                                    previous_path, save_checkpoint)
+from paper_unet.context import RunContext, augment_config, training_sampler
 from paper_unet.distributed import distributed, is_main_process, reduce_min, resolve_device
-from paper_unet.fastpath import FastPath, resolve as resolve_fast_path
+from paper_unet.fastpath import FastPath
 from paper_unet.model import UNet
 from paper_unet.runlock import hold
 from paper_unet.segment import label_kind
-from paper_unet.sampler import TileSampler
-from paper_unet.step import Levers, TrainingStep, cudnn_benchmark, make_optimizer, resolve_levers, train_step
+from paper_unet.step import Levers, TrainingStep, cudnn_benchmark, train_step
 from paper_unet.stop import StopFlag, graceful_stop
 from paper_unet.tiling import predict_stack
 
@@ -89,24 +88,6 @@ class TrainResult:
     monitors: dict | None = None  # the loss monitors at the end (as saved in checkpoints)
 
 
-def augment_config(config: Config) -> AugmentConfig:
-    d = config.data
-    fixed = dict(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=(0.0, 0.0))
-    return AugmentConfig(elastic_grid=d.elastic_grid, elastic_std=d.elastic_std, rotate=d.rotate,
-                         flip=d.flip, **({} if d.gray_values else fixed))
-
-
-def training_sampler(config: Config, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                     length: int, stream: int = 0) -> TileSampler:
-    """The augmented tiles ``config`` trains on (sample stream ``stream``: the rank under DDP), labelled
-    on the centre the unpadded network predicts (388 of 572); the padded ablation network too, unless
-    ``data.label_whole_tile`` (the popular setup: its whole tile)."""
-    d = config.data
-    return TileSampler(images, labels, tile=d.tile, depth=config.model.depth, length=length, seed=config.run.seed,
-                       stream=stream, augment_config=augment_config(config), w0=d.w0, sigma=d.sigma, device=device,
-                       out_tile=d.tile if d.label_whole_tile else None)
-
-
 def validate(model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device,
              tta: bool = False) -> dict:
     """Pixel and Rand error of the model's P(cell) on held-out slices (overlap-tile inference); for cells on a
@@ -132,7 +113,9 @@ class _CsvLog:
         rows = []
         if keep_until is not None and path.is_file():
             with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["iteration"]) <= keep_until]
+                # a row cut short by a crash (fewer fields) is dropped, then rows past the checkpoint
+                rows = [r for r in csv.DictReader(handle) if None not in r.values() and r["iteration"].isdigit()
+                        and int(r["iteration"]) <= keep_until]
         self.handle = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=fields)
         self.writer.writeheader()
@@ -177,7 +160,7 @@ def _path_record(fast: FastPath, levers: Levers) -> dict:
 def _record_run(out: Path, config: Config, fast: FastPath, levers: Levers) -> None:
     """The resolved config (config.json) and the fast path it takes here (fast_path.json, and the log)."""
     config.save(out / "config.json")
-    (out / "fast_path.json").write_text(json.dumps(_path_record(fast, levers), indent=2) + "\n")
+    write_json(out / "fast_path.json", _path_record(fast, levers))
     print(f"{out.name}: {fast.describe()}; {levers.describe()}", file=sys.stderr)
 
 
@@ -256,21 +239,6 @@ def _stop_now(stop: StopFlag, world: int, logged: bool, device: torch.device) ->
     if world == 1:
         return stop.requested
     return logged and reduce_min(0.0 if stop.requested else 1.0, device) == 0.0
-
-
-def _training_device(config: Config) -> torch.device:
-    """The device this process trains on (under DDP on CUDA: its own GPU)."""
-    _, world, local_rank = distributed()
-    device = resolve_device(config.run.device)
-    if device.type == "cuda" and world > 1:
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"{world} training processes were started on this machine, but it has "
-                               f"{torch.cuda.device_count()} CUDA GPU(s): start one process per GPU "
-                               f"(run_isbi.sh --gpus {torch.cuda.device_count()}), or train on the CPU "
-                               f"(--device cpu)")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 class _Records:
@@ -399,24 +367,19 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
            stop: StopFlag) -> TrainResult:
     from tqdm import tqdm
 
-    rank, world, local_rank = distributed()
-    main = rank == 0
+    ctx = RunContext.build(config)  # device, fast path ("auto": chosen for this device), levers
+    rank, world, local_rank, main = ctx.rank, ctx.world, ctx.local_rank, ctx.main
+    device, fast, levers = ctx.device, ctx.fast, ctx.levers
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    device = _training_device(config)
     o, r = config.optim, config.run
-    fast = resolve_fast_path(r.bf16, r.channels_last, device)  # "auto": chosen for this device
-    levers = resolve_levers(r, device, world)
     if levers.cuda_graph and device.type != "cuda":
         print(f"run.cuda_graph: nothing to capture on {device.type}; the same static-buffer step runs eagerly",
               file=sys.stderr)
-    torch.manual_seed(r.seed)  # the same initial weights on every rank
-    model = build_model(config).to(device)
+    model = ctx.model()  # the same initial weights on every rank
     if world > 1:
         torch.manual_seed(r.seed + 1_000_003 * rank)  # rank-specific dropout masks
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, o, levers)
+    optimizer = ctx.optimizer(model)
     state = _start_state(config, out, model, optimizer, device, resume, init_from, from_previous)
     if main:
         _record_run(out, config, fast, levers)
@@ -425,7 +388,7 @@ def _train(config: Config, images: np.ndarray, labels: np.ndarray, out: Path, *,
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    sampler = training_sampler(config, images, labels, device, o.iterations * o.batch_size, stream=rank)
+    sampler = ctx.sampler(images, labels, o.iterations * o.batch_size, stream=rank)
     cells = val_labels is not None and label_kind(val_labels) == "cells"  # val_log.csv adds IOU and SEG
     rec = _Records(out, config, model, optimizer, device, fast, levers, state, init_from, cells)
     step = TrainingStep(torch.compile(train_model, mode=r.compile_mode) if r.compile else train_model, optimizer,

@@ -5,7 +5,7 @@
 "w_c is the weight map to balance the class frequencies, d1 denotes the distance to the border of
 the nearest cell and d2 the distance to the border of the second nearest cell." (Sec. 3)
 
-Our precise reading (SPEC section 2, Decision): cells are the 4-connected components of the
+Our precise reading (docs/spec.md section 2, Decision): cells are the 4-connected components of the
 label > 0 phase; d_k(x) is the Euclidean distance from x to the nearest pixel of cell k, d1 <= d2
 the two smallest over cells; the border term applies to membrane (label 0) pixels only and is 0
 with fewer than two cells; w_c(class) = f_max / f_class (the majority class gets 1).

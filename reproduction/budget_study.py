@@ -18,14 +18,16 @@ import shlex
 import sys
 from pathlib import Path
 
+from paper_unet.config import DEFAULT_PROFILE_RULE, default_profile
 from paper_unet.data import load_isbi2012
-from paper_unet.study import markdown_table, parse_variant, put_section, read_rows, run_variants, study_section
+from paper_unet.study import (gather, markdown_table, parse_variant, put_section, read_rows, run_variants,
+                              study_section)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="cpu", help="base profile (default cpu)")
-    parser.add_argument("--candidate", action="append", required=True, metavar="'NAME KEY=VALUE ...'",
+    parser.add_argument("--profile", help=f"profile name or TOML file (default: {DEFAULT_PROFILE_RULE})")
+    parser.add_argument("--candidate", action="append", metavar="'NAME KEY=VALUE ...'",
                         help="a candidate: its name, then its overrides of the profile (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every candidate, e.g. run.seed=1 (repeatable)")
@@ -36,11 +38,19 @@ def main() -> int:
     parser.add_argument("--readme", default="results/isbi2012_cpu/README.md",
                         help="README whose 'Budget study' section is rewritten from the CSV ('' = none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--gather", nargs="+", metavar="JOB_FOLDER",
+                        help="train nothing: merge the CSVs of jobs that ran one candidate each (the folders holding "
+                             "their --csv, named as --csv is) into --csv (docs/scaling_out.md)")
     args = parser.parse_args()
-    variants = [parse_variant(text) for text in args.candidate]
-    run_variants(args.profile, variants, load_isbi2012(args.data_dir), Path(args.out), Path(args.csv),
-                 fold=args.fold, common=args.set, progress=not args.quiet,
-                 command=shlex.join(["python", *sys.argv]))
+    args.profile = args.profile or default_profile()
+    if args.gather:
+        gather([Path(job) for job in args.gather], Path(args.csv).parent, Path(args.csv).name)
+    elif args.candidate:
+        run_variants(args.profile, [parse_variant(text) for text in args.candidate], load_isbi2012(args.data_dir),
+                     Path(args.out), Path(args.csv), fold=args.fold, common=args.set, progress=not args.quiet,
+                     command=shlex.join(["python", *sys.argv]))
+    else:
+        parser.error("give --candidate (repeatable) or --gather")
     print(markdown_table(read_rows(Path(args.csv))))
     if args.readme:
         notes = Path(args.csv).with_name("budget_study_notes.md")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the project's image and check it the way a user runs it (README "Pinned environments"):
+# Build the project's image and check it the way a user runs it (docs/environments.md):
 #   bash reproduction/docker_check.sh [--base IMAGE] [--engine docker|podman] [--shared DIR] [--keep]
 #
 # 1. The engine: docker when its daemon answers, else podman (Debian: apt-get install podman runc
@@ -74,7 +74,7 @@ if [ -z "$base" ]; then
     say "stand-in base $base: already built"
   else
     command -v debootstrap >/dev/null || fail "debootstrap not found (apt-get install debootstrap)"
-    say "stand-in base: debootstrap bookworm (about 1-2 min)"
+    say "stand-in base: debootstrap bookworm (a few minutes, once)"
     rootfs="$work/rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$rootfs" \
       > "$work/debootstrap.log" 2>&1 || fail "debootstrap (log: $work/debootstrap.log)"

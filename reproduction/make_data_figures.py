@@ -12,7 +12,7 @@ import time
 
 from paper_unet.data import load_isbi2012
 from paper_unet.plots import plot_augmented_samples, plot_weight_map
-from paper_unet.reproduce import provenance
+from paper_unet.provenance import provenance
 from paper_unet.sampler import TileSampler
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from paper_unet.config import DEFAULT_PROFILE_RULE, default_profile
 from paper_unet.own_data_study import BIT_DEPTHS, Arm, bit_depth_data, run_arm, sparse_cells_data, write_rows
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=["cells", "bit-depth"])
     parser.add_argument("--arm", action="append", required=True, help='"NAME [train options]" (repeatable)')
-    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--profile", help=f"profile name or TOML file (default: {DEFAULT_PROFILE_RULE})")
     parser.add_argument("--iterations", type=int, required=True, help="training steps per arm")
     parser.add_argument("--validate-every", type=int, help="default: iterations / 2")
     parser.add_argument("--data-dir", help="ISBI 2012 stacks (bit-depth)")
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--out", help="run folder (default runs/own_data_STUDY)")
     parser.add_argument("--results", required=True, help="the CSV to write (rows appended as arms finish)")
     args = parser.parse_args()
+    args.profile = args.profile or default_profile()
     runs = Path(args.out or f"runs/own_data_{args.study}")
     runs.mkdir(parents=True, exist_ok=True)
     base = ["--profile", args.profile, "--set", f"optim.iterations={args.iterations}",

@@ -13,13 +13,11 @@ usage() {
   cat <<'TXT'
 
 Options:
-  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU: about 30 min on one H100 with
-                   --parallel-folds, estimated from 19,000 iterations in 11.3 min, measured),
-                   cpu (width 16, 572 tiles; for everything on 2 cores: 84 min measured on a
-                   CPU with AVX512-BF16, where it trains in bf16; about 5-7.5 h projected on
-                   an AVX2-only CPU, where it trains in fp32), smoke (pipeline check, < 3 min).
-                   Default: paper when a CUDA GPU is available, else cpu. Before the long work
-                   the run measures a few steps and prints its estimate for this machine.
+  --profile NAME   paper (full width, 572 tiles; needs a CUDA GPU), cpu (width 16, 572 tiles; for
+                   2 CPU cores: bf16 on a CPU with native bf16, fp32 elsewhere), smoke (a pipeline
+                   check in minutes). Default: paper when a CUDA GPU is available, else cpu. The
+                   measured wall times per machine: results/measurements.json. Before the long
+                   work the run measures a few steps and prints its estimate for this machine.
   --data-dir DIR   an existing folder for the ISBI 2012 stacks; they are downloaded into it if
                    missing (a folder that does not exist is an error, to catch typos). Default:
                    $PAPER_UNET_DATA, else $XDG_CACHE_HOME/paper_unet/isbi2012 (~/.cache/... when
@@ -29,7 +27,7 @@ Options:
   --set KEY=VALUE  override a config value, e.g. --set optim.iterations=2000 (repeatable)
   --lr-search DIR  include a learning-rate search (reproduction/tune_lr.py) in the report
   --gpus N         data-parallel training on N GPUs of this machine (torchrun, one tile per GPU
-                   per step: the effective batch is N tiles; see README "Scaling out")
+                   per step: the effective batch is N tiles; see docs/scaling_out.md)
   --parallel-folds run the cross-validation folds and the final model as independent processes
                    at the same time, fold k on GPU k mod N and the final model on GPU (folds mod N)
                    (with --gpus 1 all on one GPU, which a single tile per step does not fill), then
@@ -87,13 +85,13 @@ py="$PY"
 
 cuda=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))')
 if [ -z "$profile" ]; then
-  if [ "$cuda" = 1 ]; then profile=paper; else
-    profile=cpu
+  profile=$("$py" -m paper_unet config --get name)  # the package's one rule (config.default_profile): by device
+  if [ "$cuda" != 1 ]; then
     cat >&2 <<'TXT'
 ========================================================================================
- No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles). On 2 cores it
- took 84 min for everything on a CPU with AVX512-BF16 (measured) and needs about
- 5-7.5 h on an AVX2-only CPU (projected); the estimate for this machine follows.
+ No CUDA GPU found: running the `cpu` profile (width 16, 572-px tiles). How long it
+ took on 2 cores of a CPU with native bf16 and how long it takes on an AVX2-only one:
+ results/measurements.json; the estimate for this machine follows.
  Its numbers are a CPU reproduction, NOT the paper setting.
  The paper profile (full width, 572 tiles) needs a CUDA GPU: --profile paper.
 ========================================================================================
@@ -120,7 +118,8 @@ if [ "$gpus" -gt 1 ]; then
 fi
 start=$(date +%s)
 cmdline="bash reproduction/run_isbi.sh $original_args (profile $profile)"
-folds=$("$py" -c "from paper_unet.config import load_config; print(load_config('$profile').run.folds)")
+# resolved by the package, with the user's --set (a bad key or value stops here, with the package's message)
+folds=$("$py" -m paper_unet config --profile "$profile" "${sets[@]}" --get run.folds) || die "the configuration does not resolve (see above)"
 if [ "$parallel_folds" = 1 ] || [ "$gpus" -gt 1 ]; then  # one estimate, before the processes start
   est_args=(--profile "$profile" "${data_args[@]}" "${sets[@]}" --parallel $(( parallel_folds ? folds + 1 - cv_only : 1 )))
   [ -n "$out" ] && est_args+=(--out "$out")
@@ -157,11 +156,13 @@ if [ "$parallel_folds" = 1 ]; then
   if [ "$cuda" = 1 ] && [ "$mps" = 1 ]; then start_mps "$py"; fi
   pids=()
   for ((k = 0; k < folds; k++)); do
-    CUDA_VISIBLE_DEVICES=$((k % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet
+    CUDA_VISIBLE_DEVICES=$((k % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-fold "$k" --quiet \
+      --command-line "$cmdline"
     pids+=($!)
   done
   if [ "$cv_only" = 0 ]; then
-    CUDA_VISIBLE_DEVICES=$((folds % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet
+    CUDA_VISIBLE_DEVICES=$((folds % gpus)) child "$py" -m paper_unet reproduce "${args[@]}" --only-final --quiet \
+      --command-line "$cmdline"
     pids+=($!)
   fi
   worst=0  # wait for all of them (after a signal each saves its own state), then report

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from paper_unet.config import load_config
+from paper_unet.config import DEFAULT_PROFILE_RULE, default_profile, load_config
 from paper_unet.data import load_isbi2012
 from paper_unet.report import write_lr_check
 from paper_unet.reproduce import tune_learning_rate
@@ -23,7 +23,7 @@ from paper_unet.reproduce import tune_learning_rate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="cpu", help="profile name or TOML file (default cpu)")
+    parser.add_argument("--profile", help=f"profile name or TOML file (default: {DEFAULT_PROFILE_RULE})")
     parser.add_argument("--data-dir", help="ISBI 2012 stacks (default: the data cache)")
     parser.add_argument("--rates", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3, 3e-4])
     parser.add_argument("--iterations", type=int, default=600, help="training steps per rate")
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="only write --results from an existing --out")
     parser.add_argument("--title", default="Learning-rate check", help="the report's title")
     args = parser.parse_args()
+    args.profile = args.profile or default_profile()
     if args.report_only:
         if not args.results:
             parser.error("--report-only needs --results")

@@ -1,4 +1,4 @@
-"""The public API of SPEC section 7 keeps its names and signatures."""
+"""The public API of docs/spec.md section 7 keeps its names and signatures."""
 
 from __future__ import annotations
 

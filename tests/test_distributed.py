@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun (gloo on the CPU): identical replicas, resumable."""
+"""Data-parallel training under torchrun (`paper_unet.distributed`; gloo on the CPU): identical replicas,
+resumable, collective stops, one node or two."""
 
 from __future__ import annotations
 
@@ -47,6 +48,34 @@ def test_two_ranks_hold_identical_weights_and_rank0_checkpoint_resumes(isbi_dir,
     assert same(rank0, rank1)
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_node_with_the_same_world_size(isbi_dir, tmp_path):
+    """Multi-node training (docs/scaling_out.md): two `torchrun --nnodes 2` nodes of one process each, meeting
+    through a c10d rendezvous on 127.0.0.1, train exactly the weights of one node with two processes."""
+    one = torchrun(tmp_path / "one", 2, "fresh", isbi_dir)
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    port, out = free_port(), tmp_path / "two"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=paper_unet_test",
+                               str(REPO / "tests" / "ddp_worker.py"), str(out), "2", "fresh", str(isbi_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(err[-2000:] for _, err in outputs)
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["world_size"] == b["world_size"] == 2 and same(a["model"], b["model"])
+    assert (tmp_path / "one" / "train_log.csv").read_text().split("\n")[1].split(",")[:2] == \
+        (out / "train_log.csv").read_text().split("\n")[1].split(",")[:2]  # the same first loss
+
+
 def test_a_collapse_seen_by_one_rank_stops_every_rank_with_the_message(isbi_dir, tmp_path):
     """The stop decision is collective: no rank is left waiting in an all-reduce (a hang)."""
     done = torchrun(tmp_path, 4, "collapse-on-rank-1", isbi_dir, timeout=180)
@@ -82,5 +111,8 @@ def test_folds_as_independent_processes_are_gathered(isbi_dir, tmp_path):
     assert not (tmp_path / "run" / "final").exists()
     done = reproduce(*common)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "fold0_train" not in json.loads((tmp_path / "run" / "summary.json").read_text())["timings_s"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    fold0 = json.loads((tmp_path / "run" / "fold0" / "stage.json").read_text())
+    assert summary["stages"]["fold0"] == fold0  # the fold process's own record, not re-stamped by the gathering
+    assert summary["timings_s"]["fold0_train"] == fold0["did"]["train_s"]
     assert (tmp_path / "results" / "cv_folds.csv").read_text().count("\n") == 4

@@ -1,4 +1,4 @@
-"""The fast path chosen per machine (paper_unet/fastpath.py) and the whole-run estimate (estimate.py).
+"""The fast path chosen per machine (paper_unet/fastpath.py): bf16 and channels_last per CPU class.
 
 The decision is a pure function of (device type, CPU capability): every branch is checked on
 hand-built CPU descriptions, so the rule is tested on any machine. On the machine running the tests,
@@ -12,19 +12,17 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from paper_unet.config import config_from_dict, load_config, profiles
-from paper_unet.estimate import LONG_S, Estimate, estimate_run, time_step
+from paper_unet.estimate import time_step
 from paper_unet.fastpath import CpuInfo, cpu_info, decide, resolve
 
 AVX2 = CpuInfo("AMD EPYC 7B13", "AVX2", avx512_bf16=False, amx=False)
 AVX512 = CpuInfo("Intel Xeon Gold 6148", "AVX512", avx512_bf16=False, amx=False)
 AVX512_BF16 = CpuInfo("AMD EPYC 9B14", "AVX512", avx512_bf16=True, amx=False)
 AMX = CpuInfo("Intel Xeon Platinum 8480+", "AVX512", avx512_bf16=True, amx=True)
-
 
 # --- the decision: a pure function, every branch -------------------------------------------------
 
@@ -34,19 +32,16 @@ def test_a_cpu_with_native_bf16_takes_bf16_and_channels_last():
         bf16, channels_last, why = decide("cpu", cpu)
         assert (bf16, channels_last) == (True, True) and why.startswith(f"{name} CPU, native bf16")
 
-
 def test_an_avx2_cpu_takes_plain_fp32():
     assert not AVX2.native_bf16 and AVX2.cpu_class == "AVX2"
     bf16, channels_last, why = decide("cpu", AVX2)
     assert (bf16, channels_last) == (False, False)
     assert why.startswith("AVX2 CPU, no native bf16") and "slower than fp32" in why
 
-
 def test_an_avx512_cpu_without_bf16_takes_plain_fp32():
     assert not AVX512.native_bf16 and AVX512.cpu_class == "AVX-512 without bf16"
     assert decide("cpu", AVX512)[:2] == (False, False)
     assert "not measured" in decide("cpu", AVX512)[2]
-
 
 def test_restricting_aten_or_onednn_takes_native_bf16_away():
     """What ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 do to an AVX512-BF16 CPU: either limit alone
@@ -64,14 +59,12 @@ def test_restricting_aten_or_onednn_takes_native_bf16_away():
     for cpu in (aten_limited, onednn_limited):
         assert decide("cpu", cpu)[:2] == (False, False)
 
-
 def test_cuda_and_other_devices_take_fp32():
     assert decide("cuda")[:2] == (False, False) and "H100" in decide("cuda")[2]
     assert decide("cuda", AMX)[:2] == (False, False)  # the host CPU does not matter on a GPU
     assert decide("mps")[:2] == (False, False)
     with pytest.raises(ValueError, match="capability"):
         decide("cpu", None)
-
 
 def test_resolve_auto_follows_the_decision_and_says_why():
     path = resolve("auto", "auto", "cpu", AVX2)
@@ -84,7 +77,6 @@ def test_resolve_auto_follows_the_decision_and_says_why():
     assert record["cpu"]["cpu_class"] == "AVX512-BF16" and record["cpu"]["native_bf16"] is True
     assert record["summary"] == path.describe() and json.loads(json.dumps(record)) == record
 
-
 def test_forcing_still_works_and_a_slow_forced_path_is_flagged():
     path = resolve(True, True, "cpu", AVX2)  # the tests that train bf16 on purpose
     assert (path.bf16, path.channels_last) == (True, True)
@@ -94,7 +86,6 @@ def test_forcing_still_works_and_a_slow_forced_path_is_flagged():
     assert path.describe().startswith("bf16 autocast: false -> off, channels_last: auto -> on")
     assert "WARNING" not in resolve(True, True, "cpu", AMX).why
     assert resolve(True, False, "cuda").bf16 and resolve(True, False, "cuda").cpu is None
-
 
 # --- this machine ---------------------------------------------------------------------------------
 
@@ -106,13 +97,11 @@ def test_cpu_info_reads_pytorchs_own_queries(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu_info().onednn_max_isa == "AVX2" and not cpu_info().native_bf16
 
-
 def test_lowering_atens_capability_lowers_the_class():
     code = "from paper_unet.fastpath import cpu_info; i = cpu_info(); print(i.aten, i.native_bf16, i.cpu_class)"
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["DEFAULT", "False", "DEFAULT"]
-
 
 def test_the_profiles_default_to_auto_and_the_config_checks_the_value():
     for name in profiles():
@@ -124,16 +113,15 @@ def test_the_profiles_default_to_auto_and_the_config_checks_the_value():
         with pytest.raises(ValueError, match="must be auto, true or false"):
             load_config("smoke", [bad])
 
-
 def _isbi_train(isbi_dir):
     import tifffile
     return tifffile.imread(isbi_dir / "train-volume.tif"), tifffile.imread(isbi_dir / "train-labels.tif")
 
-
+@pytest.mark.perf
 def test_auto_never_picks_a_path_measured_slower_than_fp32_here(isbi_dir):
     """A decision test: the `cpu` profile's network and tile, timed by the helper the estimate and
     bench_train.py use. Where auto is fp32 itself (an AVX2 CPU) nothing is to compare; where it is
-    bf16 + channels_last (native bf16, 1.86x measured) that path must be at least as fast. Each path is
+    bf16 + channels_last (native bf16; results/measurements.json) that path must be at least as fast. Each path is
     timed three times, alternating, and the fastest of each is compared (two-step timings on a shared
     2-core machine vary by 30 %)."""
     config = load_config("cpu")
@@ -151,8 +139,7 @@ def test_auto_never_picks_a_path_measured_slower_than_fp32_here(isbi_dir):
     print(f"{path.describe()}: {times}")
     assert min(times["auto"]) <= 1.1 * min(times["fp32"]), path.describe()
 
-
-@pytest.mark.slow
+@pytest.mark.perf
 def test_auto_picks_the_fastest_of_the_four_cpu_paths_here(isbi_dir):
     """Slow where bf16 has no native kernels (a bf16 step of the `cpu` network takes ~11 s on AVX2)."""
     config = load_config("cpu")
@@ -163,69 +150,6 @@ def test_auto_picks_the_fastest_of_the_four_cpu_paths_here(isbi_dir):
              for b in (False, True) for c in (False, True)}
     print(path.describe(), times)
     assert times[(path.bf16, path.channels_last)] <= 1.2 * min(times.values())
-
-
-def test_time_step_keeps_the_callers_random_state(isbi_dir):
-    images, labels = _isbi_train(isbi_dir)
-    torch.manual_seed(5)
-    before = torch.get_rng_state()
-    seconds = time_step(load_config("smoke"), images[:2], labels[:2], "cpu", bf16=False, channels_last=False,
-                        steps=2, timings=(timings := {}))
-    assert seconds > 0 and timings["setup_s"] > 0
-    assert torch.equal(torch.get_rng_state(), before)
-
-
-# --- the estimate ---------------------------------------------------------------------------------
-
-def test_the_estimate_adds_up_what_is_left_of_the_run(isbi_dir, tmp_path):
-    """Hand-checkable: smoke profile (6 iterations, validation every 6, checkpoint every 3, no TTA):
-    4 networks x 6 steps; each fold validates once on its 10 held-out slices, predicts them once and
-    scores them; the final model predicts and (with test labels) scores the 30 test slices."""
-    config = load_config("smoke")
-    images, labels = _isbi_train(isbi_dir)
-    e = estimate_run(config, images.astype(np.float32) / 255, labels, tmp_path / "run", device="cpu")
-    assert e.networks == {"fold 0": 6, "fold 1": 6, "fold 2": 6, "final": 6}
-    assert e.parts["training"] == pytest.approx(24 * e.step_s)
-    assert e.parts["validation"] == pytest.approx(3 * 10 * e.predict_s)
-    assert e.predict_final_s == e.predict_s  # no TTA in the smoke profile
-    assert e.parts["prediction"] == pytest.approx((30 + 30) * e.predict_s)
-    assert e.parts["scores"] == pytest.approx((30 + 30) * e.score_s)
-    assert e.parts["set-up"] == pytest.approx(4 * e.setup_s)
-    assert e.seconds == pytest.approx(sum(e.parts.values()))
-    assert "whole run: about" in e.report() and e.path.describe() in e.report()
-
-    # a resumed run: fold 0 done, fold 1 checkpointed at 3 (e.g. stopped by a signal), fold 2's checkpoint
-    # unreadable (trained again from the start), the submission written
-    from paper_unet.checkpoint import save_checkpoint
-    run = tmp_path / "run"
-    (run / "fold0").mkdir(parents=True)
-    (run / "fold0" / "metrics.json").write_text("{}")
-    (run / "fold1").mkdir()
-    save_checkpoint(run / "fold1" / "last.pt", {"iteration": 3, "model": {"w": torch.zeros(2)}})
-    (run / "fold2").mkdir()
-    (run / "fold2" / "last.pt").write_bytes(b"not a checkpoint")
-    (run / "submission").mkdir()
-    (run / "submission" / "test-volume-probabilities.tif").write_bytes(b"")
-    e = estimate_run(config, images.astype(np.float32) / 255, labels, run, device="cpu", cv_only=False)
-    assert e.networks == {"fold 1": 3, "fold 2": 6}
-    assert e.parts["training"] == pytest.approx(9 * e.step_s)
-    assert estimate_run(config, images.astype(np.float32) / 255, labels, tmp_path / "new", device="cpu",
-                        cv_only=True).networks == {"fold 0": 6, "fold 1": 6, "fold 2": 6}
-
-
-def test_a_long_estimate_says_what_to_do():
-    def estimate(seconds, cpu):
-        path = resolve("auto", "auto", "cpu", cpu)
-        return Estimate(seconds, 0.6, 0.3, 8.0, 0.2, 1.0, {"fold 0": 8000}, path, "cpu",
-                        parts={"training": seconds})
-
-    long_avx2 = estimate(LONG_S + 1, AVX2).report()
-    assert "This is long" in long_avx2 and "native bf16" in long_avx2 and "--profile smoke" in long_avx2
-    assert "native bf16" not in estimate(LONG_S + 1, AVX512_BF16).report().split("This is long")[1]
-    assert "This is long" not in estimate(LONG_S - 1, AVX2).report()
-    assert "processes sharing" in Estimate(100, 0.1, 0.1, 0.1, 0.1, 0.1, {}, resolve("auto", "auto", "cuda"),
-                                           "cuda", parallel=4).report()
-
 
 # --- the run records its path ---------------------------------------------------------------------
 

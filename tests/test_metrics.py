@@ -1,4 +1,4 @@
-"""The ISBI 2012 challenge metrics against the challenge's own evaluator (SPEC section 6)."""
+"""The ISBI 2012 challenge metrics against the challenge's own evaluator (docs/spec.md section 6)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def conv_output_shapes(model: nn.Module, size: int) -> list[tuple[int, int]]:
 
 
 def test_every_intermediate_size_of_fig1_for_a_572_tile():
-    # SPEC section 1: d0 570,568 | d1 284->282,280 | d2 138,136 | d3 66,64 | d4 30,28 |
+    # docs/spec.md section 1: d0 570,568 | d1 284->282,280 | d2 138,136 | d3 66,64 | d4 30,28 |
     # u3 56->54,52 | u2 104->102,100 | u1 200->198,196 | u0 392->390,388 -> 388.
     expected = [(64, 570), (64, 568), (128, 282), (128, 280), (256, 138), (256, 136),
                 (512, 66), (512, 64), (1024, 30), (1024, 28),

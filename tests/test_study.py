@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from paper_unet.data import load_isbi2012
-from paper_unet.study import Variant, markdown_table, parse_variant, read_rows, run_variants
+from paper_unet.study import Variant, ablation_variants, markdown_table, parse_variant, read_rows, run_variants
 
 
 def test_parse_variant():
@@ -33,6 +33,48 @@ def test_variants_train_score_and_merge_their_rows(isbi_dir, tmp_path):
     assert sorted(r["name"] for r in rows) == ["a", "b"] and next(r for r in rows if r["name"] == "a")["seed"] == "1"
     table = markdown_table(rows)
     assert table.count("\n") == 3 and "| b | `optim.lr=2e-3 optim.warmup=1` |" in table
+
+
+def test_a_resumed_study_keeps_the_provenance_of_its_finished_rows(isbi_dir, tmp_path, monkeypatch):
+    """A finished variant's row keeps the commit, machine and date of the run that made it when the study is
+    resumed elsewhere (from its stage record; for a fold from before stage records, from the CSV's row)."""
+    from conftest import CPU_A, CPU_B, TINY, on_cpu
+    isbi = load_isbi2012(isbi_dir)
+    csv_path = tmp_path / "study.csv"
+    on_cpu(monkeypatch, CPU_A)
+    run_variants("smoke", [Variant("a")], isbi, tmp_path / "runs", csv_path, fold=0, common=TINY, progress=False)
+    first = read_rows(csv_path)[0]
+    assert "Test CPU A (AVX512-BF16 CPU)" in first["hardware"] and first["hardware"].endswith("; fp32")
+    on_cpu(monkeypatch, CPU_B)
+    run_variants("smoke", [Variant("a"), Variant("b", ["optim.lr=2e-3"])], isbi, tmp_path / "runs", csv_path, fold=0,
+                 common=TINY, progress=False)
+    rows = {r["name"]: r for r in read_rows(csv_path)}
+    assert rows["a"] == first and "Test CPU A (AVX2 CPU)" in rows["b"]["hardware"]
+    (tmp_path / "runs" / "a" / "fold0" / "stage.json").unlink()  # a fold finished before stage records
+    run_variants("smoke", [Variant("a")], isbi, tmp_path / "runs", csv_path, fold=0, common=TINY, progress=False)
+    assert {r["name"]: r for r in read_rows(csv_path)}["a"] == first
+
+
+def test_a_study_run_as_one_job_per_variant_is_gathered(isbi_dir, tmp_path, capsys):
+    """docs/scaling_out.md's SLURM array: each job runs one variant into its own results folder (no shared CSV to
+    race on); `paper-unet ablations --gather` merges them and writes the table, training nothing."""
+    from conftest import TINY
+    from paper_unet.cli import main
+    isbi = load_isbi2012(isbi_dir)
+    for name in ("full", "no_dropout"):
+        job = tmp_path / "jobs" / name
+        run_variants("smoke", ablation_variants([name]), isbi, tmp_path / "runs", job / "ablations.csv", fold=0,
+                     common=TINY, progress=False, slices=job / "slices", curves=job / "curves")
+    results = tmp_path / "results"
+    assert main(["ablations", "--gather", str(tmp_path / "jobs" / "full"), str(tmp_path / "jobs" / "no_dropout"),
+                 "--results", str(results)]) == 0
+    rows = read_rows(results / "ablations.csv")
+    assert [r["name"] for r in rows] == ["full", "no_dropout"]
+    assert rows == [read_rows(tmp_path / "jobs" / n / "ablations.csv")[0] for n in ("full", "no_dropout")]
+    assert (results / "slices" / "no_dropout.png").is_file() and (results / "curves" / "full_train.csv").is_file()
+    assert "| no_dropout |" in (results / "README.md").read_text()
+    assert main(["ablations", "--gather", str(tmp_path / "nothing"), "--results", str(results)]) == 2
+    assert "has no rows" in capsys.readouterr().err
 
 
 def test_put_section_replaces_or_inserts(tmp_path):
@@ -187,8 +229,7 @@ def test_run_ablations_end_to_end_on_a_smoke_budget(isbi_dir, tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_rows(results / "ablations.csv")
-    assert [r["name"] for r in rows] == ["full", "no_border_term", "plain_cross_entropy", "no_elastic",
-                                         "no_augmentation", "no_tta", "padded_unet", "padded_no_bn", "no_dropout", "full_seed1"]
+    assert [r["name"] for r in rows] == [v.name for v in ablation_variants()]  # the default study, in its order
     assert all(r["status"] == "ok" and r["fold"] == "2" for r in rows)
     no_tta = next(r for r in rows if r["name"] == "no_tta")
     assert no_tta["train_min"] == "(= full)" and no_tta["tta"] == "False"

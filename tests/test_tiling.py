@@ -1,4 +1,4 @@
-"""Size arithmetic and overlap-tile inference (paper Fig. 2; SPEC section 3)."""
+"""Size arithmetic and overlap-tile inference (paper Fig. 2; docs/spec.md section 3)."""
 
 from __future__ import annotations
 

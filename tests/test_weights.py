@@ -1,4 +1,4 @@
-"""Weight map of paper Eq. 2 (SPEC section 2)."""
+"""Weight map of paper Eq. 2 (docs/spec.md section 2)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from paper_unet.reproduce import provenance
+from paper_unet.atomic import write_text
+from paper_unet.provenance import provenance
 
 REPO = Path(__file__).resolve().parents[2]
 STARTED = time.perf_counter()
@@ -38,6 +39,24 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
     return best, result
 
 
+def record(figures: dict[str, tuple[float, str, str]], source: str, write: bool) -> None:
+    """Write measured figures into results/measurements.json (the data that code and docs quote, read by
+    `paper_unet.measurements`): ``figures`` maps a key to (value, unit, what), stamped with this machine, commit,
+    date and ``source`` (the performance.md section). Other keys are kept."""
+    import json
+
+    from paper_unet.measurements import MEASUREMENTS
+    if not write or not figures:
+        return
+    data = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.is_file() else {}
+    stamp = {"machine": machine(), "commit": commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+             "source": f"results/performance.md: {source}"}
+    for key, (value, unit, what) in figures.items():
+        data[key] = {"value": round(value, 2), "unit": unit, "what": what, **stamp}
+    write_text(MEASUREMENTS, json.dumps(data, indent=2) + "\n")
+    print(f"wrote {', '.join(figures)} into {MEASUREMENTS}")
+
+
 def publish(title: str, body: str, write: bool, seed: str = "0") -> None:
     """Print the result; unless told not to, record it (with its command) in results/performance.md."""
     print(body)
@@ -60,5 +79,5 @@ def write_section(title: str, body: str, command: str, seed: str = "0") -> None:
                f"{body.strip()}\n")
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    PERFORMANCE_MD.write_text(text.rstrip() + "\n")
+    write_text(PERFORMANCE_MD, text.rstrip() + "\n")
     print(f"wrote section '{title}' of {PERFORMANCE_MD}")

@@ -38,7 +38,7 @@ import time
 import tifffile
 import torch
 
-from _common import ISBI_DIR, publish
+from _common import ISBI_DIR, publish, record
 from paper_unet.config import load_config
 from paper_unet.estimate import time_step
 from paper_unet.fastpath import resolve
@@ -192,7 +192,43 @@ Inference, full-width network, fp32, one 700x700 tile per 512x512 ISBI test slic
     title = "Training step, sampler and inference speed (bench_train.py" + (
         ", CUDA GPU)" if cuda else f", {auto.cpu.cpu_class} CPU)")
     publish(title, body, write=not args.no_write)
+    record(_figures(auto, cuda, rows, rate_of, cpu_tile), title.removeprefix("## "), write=not args.no_write)
     return 0
+
+
+def _figures(auto, cuda: bool, rows, rate_of, cpu_tile: int) -> dict:
+    """The figures the code quotes (results/measurements.json) that this run measured: keyed by the device and
+    the CPU class (a CPU with native bf16, an AVX2-only one, an H100-class GPU), at the profiles' 572 tile."""
+    if cpu_tile != 572:
+        return {}
+    fp32 = {net: rate_of(net, (False, False, False), 572) for net in ("`cpu`", "`paper`")}
+    try:
+        bf16 = {net: rate_of(net, (True, True, False), 572) for net in ("`cpu`", "`paper`")}
+    except StopIteration:
+        return {}
+    what = "bf16 autocast + channels_last vs fp32 eager, steps/s, {} network at a 572 tile"
+    if cuda:
+        figures = {"h100_bf16_ratio_full": (bf16["`paper`"] / fp32["`paper`"], "x", what.format("full-width")),
+                   "h100_bf16_ratio_width16": (bf16["`cpu`"] / fp32["`cpu`"], "x", what.format("width-16")),
+                   "h100_steps_per_s_full": (fp32["`paper`"], "steps/s", "full-width training steps per second in "
+                                                                           "one fp32 process, 572 tile")}
+        return figures if "H100" in torch.cuda.get_device_name() else {}
+    if auto.cpu is not None and auto.cpu.native_bf16:
+        return {"cpu_bf16_speedup_width16": (bf16["`cpu`"] / fp32["`cpu`"], "x", what.format("width-16")),
+                "cpu_bf16_speedup_full": (bf16["`paper`"] / fp32["`paper`"], "x", what.format("full-width"))}
+    if auto.cpu is not None and auto.cpu.cpu_class == "AVX2":
+        slow = "s/step of bf16 autocast + channels_last over fp32 eager, {} network, 572 tile"
+        figures = {"avx2_bf16_slowdown_width16": (fp32["`cpu`"] / bf16["`cpu`"], "x", slow.format("width-16")),
+                   "avx2_bf16_slowdown_full": (fp32["`paper`"] / bf16["`paper`"], "x", slow.format("full-width"))}
+        try:
+            figures["avx2_channels_last_ratio"] = (rate_of("`cpu`", (False, True, False), 572) / fp32["`cpu`"], "x",
+                                                   "steps/s of fp32 + channels_last vs fp32 eager, width-16, 572 tile")
+            figures["avx2_autocast_slowdown_width16"] = (fp32["`cpu`"] / rate_of("`cpu`", (True, False, False), 572),
+                                                         "x", "s/step of bf16 autocast alone over fp32 eager, width-16")
+        except StopIteration:
+            pass
+        return figures
+    return {}
 
 
 if __name__ == "__main__":

@@ -47,11 +47,12 @@ import tifffile
 import torch
 
 from _common import ISBI_DIR, machine, publish
+from paper_unet.atomic import write_json
 from paper_unet.config import load_config
 from paper_unet.fastpath import FastPath
 from paper_unet.model import UNet
-from paper_unet.sampler import TileSampler
-from paper_unet.step import Levers, TrainingStep, cudnn_benchmark, make_optimizer, train_step
+from paper_unet.context import RunContext
+from paper_unet.step import Levers, TrainingStep, cudnn_benchmark, train_step
 
 VARIANTS = {  # name: (levers, bf16 + channels_last, sampler inside, description)
     "A": (Levers(), False, False, "fp32 eager, as shipped"),
@@ -111,17 +112,16 @@ class Networks:
         self.device, self.fast = device, fast
         self.graph = levers.cuda_graph
         self.steps = []
-        optim = load_config("paper", ["optim.lr=1e-4"]).optim
-        for k in range(count):
-            torch.manual_seed(k)
-            model = UNet(base_channels=width, dropout=0.5).to(device)
-            if fast:
-                model = model.to(memory_format=torch.channels_last)
-            optimizer = make_optimizer(model, optim, levers)
-            sampler = TileSampler(images, labels, tile=tile, length=steps, seed=k, device=device)
+        path = FastPath(fast, fast, fast, fast, "the variant's setting", device.type)
+        for k in range(count):  # network k: the paper profile at this width and tile, seed k (`context`)
+            config = load_config("paper", ["optim.lr=1e-4", f"model.base_channels={width}", f"data.tile={tile}",
+                                           f"run.seed={k}"])
+            ctx = RunContext.build(config, device, fast=path, levers=levers)
+            model = ctx.model()
+            optimizer = ctx.optimizer(model)
+            sampler = ctx.sampler(images, labels, steps)
             if inside:
-                unit = TrainingStep(model, optimizer, sampler, graph=levers.cuda_graph,
-                                    fast=FastPath(fast, fast, fast, fast, "the variant's setting", device.type))
+                unit = TrainingStep(model, optimizer, sampler, graph=levers.cuda_graph, fast=path)
                 self.steps.append(lambda i, unit=unit: unit(i, 1e-4))
             else:
                 x, y, w = sampler.batch([0])  # the network step alone, on one tile drawn beforehand
@@ -200,7 +200,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10; --quick 1)")
     parser.add_argument("--profile-steps", type=int, default=None, help="profiled steps (default 10; --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a small network (width 4, tile 188): checks the script")
-    parser.add_argument("--variants", default="ABCDEFGHI", help="which variants to run (letters)")
+    parser.add_argument("--variants", default="ABCDEFGHI", help="which variants to run (letters), in this order")
     parser.add_argument("--peak-tf32", type=float, default=494.7, help="dense TF32 TFLOP/s of the GPU (H100 SXM/H200)")
     parser.add_argument("--peak-bf16", type=float, default=989.4, help="dense bf16 TFLOP/s of the GPU (H100 SXM/H200)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -218,11 +218,15 @@ def main() -> int:
     peaks = {"tf32": args.peak_tf32, "bf16": args.peak_bf16} if cuda else {}
     length = warmup + steps + profile_steps
     results = {}
-    plan = [(v, v, 1, False) for v in "ABCDEFHI" if v in args.variants]
-    if "G" in args.variants:
-        plan += [("G0", "B", NETWORKS, False)]
-        if cuda:
-            plan += [("G1", "B", NETWORKS, True), ("G2", "E", NETWORKS, True)]
+    plan = []  # in the order asked: a slot asks for the variants its plan needs first (HIE), then the rest
+    for v in dict.fromkeys(args.variants):
+        if v == "G":
+            plan += [("G0", "B", NETWORKS, False)] + ([("G1", "B", NETWORKS, True), ("G2", "E", NETWORKS, True)]
+                                                      if cuda else [])
+        elif v in VARIANTS:
+            plan.append((v, v, 1, False))
+        else:
+            parser.error(f"unknown variant {v!r}: choose from {''.join(VARIANTS)}G")
     for name, variant, count, streams in plan:
         levers = VARIANTS[variant][0]
         label = VARIANTS[variant][3] if count == 1 else (
@@ -243,8 +247,7 @@ def main() -> int:
                   "warmup": warmup, "profile_steps": profile_steps, "forward_gflop": flops / 3 / 1e9,
                   "variants": results}
         if args.out:  # after every variant: a run cut off by a time limit keeps what it measured
-            with open(args.out, "w") as handle:
-                json.dump(report, handle, indent=2)
+            write_json(args.out, report)  # atomic: a signal during the write leaves the previous whole file
     body = table(report)
     title = f"Training step profile, lever by lever (profile_step.py, {'CUDA GPU' if cuda else 'CPU'}" + (
         ", quick)" if args.quick else ")")
