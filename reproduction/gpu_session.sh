@@ -36,6 +36,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+PAPER_UNET_PYTHON_GIVEN="${PAPER_UNET_PYTHON:-}"
 py="${PAPER_UNET_PYTHON:-python3}"
 export PAPER_UNET_PYTHON="$py" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 shared="${PAPER_UNET_SHARED:-}"
@@ -223,8 +224,12 @@ case "${1:-}" in
   budget)
     budget
     ;;
-  rehearse)
-    exec "$py" reproduction/gpu_rehearsal.py "${@:2}"
+  rehearse)  # here, not on the GPU machine: the project's own environment unless PAPER_UNET_PYTHON names one
+    if [ -z "${PAPER_UNET_PYTHON_GIVEN:-}" ]; then
+      unset PAPER_UNET_PYTHON
+      source reproduction/env.sh && ensure_venv test && py="$PY"
+    fi
+    PAPER_UNET_PYTHON="$py" exec "$py" reproduction/gpu_rehearsal.py "${@:2}"
     ;;
   *) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
