@@ -41,8 +41,8 @@ def _number(v: float) -> str:
 
 
 def say(key: str) -> str:
-    """``key``'s figure with its unit, as prose quotes it (e.g. "1.5x", "80 steps/s", "5-7 h": the form, not a figure), or a pointer to
-    the file when it cannot be read."""
+    """``key``'s figure with its unit, as prose quotes it (a ratio with an "x", a rate or a time with its unit, a
+    range with a dash), or a pointer to the file when it cannot be read."""
     found = entry(key)
     if found is None:
         return f"(measured: results/measurements.json, {key})"
@@ -52,7 +52,7 @@ def say(key: str) -> str:
 
 
 def say_range(low: str, high: str) -> str:
-    """Two figures of one unit as a range (e.g. "10-20x")."""
+    """Two figures of one unit as a range: low, a dash, high, the unit."""
     a, b = entry(low), entry(high)
     if a is None or b is None:
         return f"(measured: results/measurements.json, {low}, {high})"

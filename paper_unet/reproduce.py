@@ -349,7 +349,7 @@ def _gathered(out: Path, records: dict, stages: list[str]) -> dict:
     """This invocation's records, and those its sibling processes wrote (`--only-fold`, `--only-final`), of the
     ``stages`` this run has (a cross-validation alone gathers no stale final-model record from an earlier run)."""
     for name in stages:
-        if name not in records and read_stage(out / name) is not None:
+        if name not in records:
             records[name] = read_stage(out / name)
     return {name: records[name] for name in sorted(records, key=_stage_order)
             if name in stages and records[name] is not None}

@@ -196,8 +196,8 @@ def _same_setting(a: dict, b: dict) -> bool:
     return all(str(a.get(key)) == str(b.get(key)) for key in SETTING)
 
 
-def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict,
-         stamp: dict) -> dict:
+def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict, timings: dict) -> dict:
+    """The row's setting and scores; its commit, hardware and date come from `_stamp`."""
     o, r = config.optim, config.run
     return {"name": variant.name, "overrides": " ".join(variant.overrides), "tile": config.data.tile,
             "width": config.model.base_channels, "lr": f"{o.lr:g}", "warmup": o.warmup,
@@ -205,7 +205,7 @@ def _row(variant: Variant, config: Config, fold: int, status: str, scores: dict,
             "fold": fold, "status": status,
             "train_min": f"{timings.get(f'fold{fold}_train', math.nan) / 60:.1f}",
             "predict_min": f"{timings.get(f'fold{fold}_predict', math.nan) / 60:.1f}",
-            **{m: scores.get(m, math.nan) for m in METRICS}, **stamp}
+            **{m: scores.get(m, math.nan) for m in METRICS}}
 
 
 def keep_curves(fold_dir: Path, curves: Path, name: str) -> bool:
@@ -268,14 +268,14 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
         except TrainingDiverged as error:
             scores, status = {}, f"stopped: {error}"
             timings = {f"fold{fold}_train": time.perf_counter() - start}
-        earlier = next((r for r in read_rows(csv_path) if r["name"] == variant.name), None)
-        same = earlier is not None and _same_setting(earlier, _row(variant, config, fold, status, scores, timings, {}))
-        stamp = _stamp(read_stage(run_dir / f"fold{fold}"), earlier if same else None)
-        if status != "ok":
-            shutil.rmtree(run_dir / f"fold{fold}", ignore_errors=True)  # a rerun starts afresh
         if "train_seconds" in scores:  # the network's own training time: summed over resumptions, kept
             timings = {**timings, f"fold{fold}_train": scores["train_seconds"]}  # when re-read or adopted
-        row = _row(variant, config, fold, status, scores, timings, stamp)
+        row = _row(variant, config, fold, status, scores, timings)
+        earlier = next((r for r in read_rows(csv_path) if r["name"] == variant.name), None)
+        same = earlier is not None and _same_setting(earlier, row)
+        row.update(_stamp(read_stage(run_dir / f"fold{fold}"), earlier if same else None))
+        if status != "ok":
+            shutil.rmtree(run_dir / f"fold{fold}", ignore_errors=True)  # a rerun starts afresh
         if variant.reuse:
             row["train_min"] = f"(= {variant.reuse})"
         if finished and same and status == "ok":
