@@ -707,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from paper_unet.allocator import keep_freed_memory
+
+    keep_freed_memory()  # the network's large buffers reused, not mapped afresh each pass (allocator.py)
     if hasattr(args, "profile") and args.profile is None:
         from paper_unet.config import default_profile
 
