@@ -50,9 +50,17 @@ def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(THRESHOLDS[int(np.argmax(pixel_fscores(probabilities, labels)))])
 
 
-def binary_mask(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """uint8 mask, 255 = cell (P(cell) > threshold, compared in float64 as the metrics do), 0 = membrane."""
-    return np.where(np.asarray(probabilities, dtype=np.float64) > np.float64(threshold), 255, 0).astype(np.uint8)
+def binary_mask(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD, rows: int = 1024) -> np.ndarray:
+    """uint8 mask, 255 = cell (P(cell) > threshold, compared in float64 as the metrics do), 0 = membrane.
+
+    Computed ``rows`` rows at a time, so a large (memory-mapped) P(cell) needs the mask's own memory plus a band."""
+    probabilities = np.asarray(probabilities)  # a memory map stays one (no copy)
+    out = np.empty(probabilities.shape, np.uint8)
+    flat_in, flat_out = probabilities.reshape(-1, probabilities.shape[-1]), out.reshape(-1, out.shape[-1])
+    for start in range(0, flat_in.shape[0], rows):
+        band = np.asarray(flat_in[start:start + rows], dtype=np.float64) > np.float64(threshold)
+        np.multiply(band, 255, out=flat_out[start:start + rows], casting="unsafe")
+    return out
 
 
 def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -74,17 +82,20 @@ def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
 
 def label_cells(mask: np.ndarray, min_size: int = 0) -> np.ndarray:
     """4-connected cells of a (Z, H, W) mask (components of fewer than ``min_size`` pixels dropped),
-    ids unique over the stack: uint16, or uint32 when there are more than 65,535 cells."""
+    ids unique over the stack: uint16, or uint32 when there are more than 65,535 cells. Slice by slice into the
+    output, so memory holds the output, the mask and one slice's labels."""
     from paper_unet.metrics import cells
 
     mask = remove_small(np.asarray(mask) > 0, min_size)
-    out = np.zeros(mask.shape, dtype=np.int64)
+    out = np.zeros(mask.shape, dtype=np.uint32)
     offset = 0
     for z in range(mask.shape[0]):
         labels, count = cells(mask[z])
-        out[z] = np.where(labels > 0, labels + offset, 0)
+        np.add(labels, offset, out=out[z], where=labels > 0, casting="unsafe")
         offset += count
-    return out.astype(np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32)
+    if offset > np.iinfo(np.uint32).max:
+        raise ValueError(f"{offset} cells do not fit a uint32 label image")
+    return out.astype(np.uint16) if offset <= np.iinfo(np.uint16).max else out
 
 
 def best_min_size(mask: np.ndarray, reference: np.ndarray) -> int:

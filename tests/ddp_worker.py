@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_ddp.py: train the smoke profile, save this rank's weights."""
+"""Run under torchrun by tests/test_distributed.py: train the smoke profile, save this rank's weights."""
 
 import sys
 
