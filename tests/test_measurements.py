@@ -92,3 +92,12 @@ def test_readme_padding_finding_is_the_ablations_at_one_precision():
     assert 1.75 <= rand["padded_no_bn"] / rand["full_fp32"] < 2.5 and "about twice the Rand error" in readme
     assert abs(rand["full_fp32"] - rand["full"]) < abs(rand["full_seed1"] - rand["full"])
     assert "precision alone (fp32 against bf16) moves it by less than the seed noise" in readme
+
+
+def test_readme_large_image_rates_are_the_benchmarks():
+    """README quotes the streamed prediction's seconds per megapixel that bench_large.py recorded."""
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for key in ("predict_s_per_megapixel_cpu", "predict_s_per_megapixel_cpu_tta", "predict_s_per_megapixel_paper",
+                "predict_s_per_megapixel_paper_tta"):
+        assert measurements.value(key) is not None, key
+        assert measurements.say(key) in readme, key
