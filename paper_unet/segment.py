@@ -91,10 +91,10 @@ def label_cells(mask: np.ndarray, min_size: int = 0) -> np.ndarray:
     offset = 0
     for z in range(mask.shape[0]):
         labels, count = cells(mask[z])
+        if offset + count > np.iinfo(np.uint32).max:
+            raise ValueError(f"more than {np.iinfo(np.uint32).max} cells do not fit a uint32 label image")
         np.add(labels, offset, out=out[z], where=labels > 0, casting="unsafe")
         offset += count
-    if offset > np.iinfo(np.uint32).max:
-        raise ValueError(f"{offset} cells do not fit a uint32 label image")
     return out.astype(np.uint16) if offset <= np.iinfo(np.uint16).max else out
 
 

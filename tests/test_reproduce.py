@@ -117,39 +117,13 @@ def test_run_isbi_help():
     assert done.returncode == 0 and "--profile" in done.stdout
 
 
-def test_final_model_as_its_own_process_is_gathered_with_its_stage_times(isbi_dir, tmp_path):
-    """run_isbi.sh --parallel-folds: `reproduce --only-final` trains the final model and predicts the test
-    volume beside the fold processes; the gathering call reuses both (no second training) and takes the
-    final model's stage times from their stage records; --started-at gives the run's wall time."""
-    from paper_unet.data import load_isbi2012
-    from paper_unet.reproduce import run_reproduction
-
-    isbi = load_isbi2012(isbi_dir)
-    config = load_config("smoke", ["optim.iterations=2", "run.validate_every=2", "run.checkpoint_every=2"])
-    out = tmp_path / "run"
-    started = time.time()
-    run_reproduction(config, isbi, out, progress=False, only_final=True)
-    final = out / "final" / "last.pt"
-    assert final.is_file() and (out / "submission" / "test-volume-probabilities.tif").is_file()
-    assert not (out / "summary.json").exists()  # the gathering call writes it
-    assert not any((out / f"fold{k}").exists() for k in range(3))
-    final_record = json.loads((out / "final" / "stage.json").read_text())
-    assert final_record["status"] == "done" and final_record["did"]["iterations"] == 2
-    assert json.loads((out / "submission" / "stage.json").read_text())["status"] == "done"
-    trained_at = final.stat().st_mtime_ns
-    summary = run_reproduction(config, isbi, out, progress=False, started_at=started)
-    assert final.stat().st_mtime_ns == trained_at  # not trained again
-    assert summary["timings_s"]["final_train"] == final_record["did"]["train_s"]
-    assert summary["stages"]["final"] == final_record  # the record as its own process wrote it
-    assert {f"fold{k}_train" for k in range(3)} <= set(summary["timings_s"])
-    assert 0 < summary["wall_s"] <= time.time() - started + 1
-    assert json.loads((out / "summary.json").read_text())["wall_s"] == summary["wall_s"]
-
-
-def test_cross_validation_alone_trains_no_final_model_and_its_report_says_so(isbi_dir, tmp_path):
+def test_cross_validation_alone_then_the_final_model_as_its_own_process_are_gathered(isbi_dir, tmp_path):
     """`reproduce --cv-only` (run_isbi.sh --cv-only): the folds are trained, predicted and scored, no final
-    model and no submission are made, and the report says why there is none. A later call without it
-    resumes the same run directory and adds the final model."""
+    model and no submission are made, and the report says why there is none. Then, as run_isbi.sh
+    --parallel-folds runs it beside the folds, `reproduce --only-final` trains the final model and predicts the
+    test volume in its own process, leaving the folds alone; the gathering call in the same run directory reuses
+    everything (no second training) and takes the final model's stage times from their stage records;
+    --started-at gives the run's wall time, and a call without it claims none."""
     from paper_unet.data import load_isbi2012
     from paper_unet.report import write_report
     from paper_unet.reproduce import run_reproduction
@@ -157,6 +131,7 @@ def test_cross_validation_alone_trains_no_final_model_and_its_report_says_so(isb
     isbi = load_isbi2012(isbi_dir)
     config = load_config("smoke", ["optim.iterations=2", "run.validate_every=2", "run.checkpoint_every=2"])
     out = tmp_path / "run"
+    started = time.time()
     with pytest.raises(ValueError, match="no final model"):
         run_reproduction(config, isbi, out, progress=False, cv_only=True, only_final=True)
     summary = run_reproduction(config, isbi, out, progress=False, cv_only=True, started_at=time.time())
@@ -167,10 +142,25 @@ def test_cross_validation_alone_trains_no_final_model_and_its_report_says_so(isb
     text = write_report(out, tmp_path / "results", isbi_dir).read_text()
     assert "No final model and no test-volume submission" in text
     assert "the folds trained in parallel processes" in text
+
+    folds = {k: (out / f"fold{k}" / "last.pt").stat().st_mtime_ns for k in range(3)}
+    run_reproduction(config, isbi, out, progress=False, only_final=True)
+    final = out / "final" / "last.pt"
+    assert final.is_file() and (out / "submission" / "test-volume-probabilities.tif").is_file()
+    assert {k: (out / f"fold{k}" / "last.pt").stat().st_mtime_ns for k in range(3)} == folds
+    final_record = json.loads((out / "final" / "stage.json").read_text())
+    assert final_record["status"] == "done" and final_record["did"]["iterations"] == 2
+    assert json.loads((out / "submission" / "stage.json").read_text())["status"] == "done"
+    trained_at = final.stat().st_mtime_ns
     summary = run_reproduction(config, isbi, out, progress=False)
-    assert (out / "submission" / "test-volume-probabilities.tif").is_file()
-    assert "final_train" in summary["timings_s"] and "fold0_train" in summary["timings_s"]  # folds kept
     assert "wall_s" not in summary  # the first invocation's wall time is not this run's
+    summary = run_reproduction(config, isbi, out, progress=False, started_at=started)
+    assert final.stat().st_mtime_ns == trained_at  # not trained again
+    assert summary["timings_s"]["final_train"] == final_record["did"]["train_s"]
+    assert summary["stages"]["final"] == final_record  # the record as its own process wrote it
+    assert {f"fold{k}_train" for k in range(3)} <= set(summary["timings_s"])  # the folds kept
+    assert 0 < summary["wall_s"] <= time.time() - started + 1
+    assert json.loads((out / "summary.json").read_text())["wall_s"] == summary["wall_s"]
     assert "Submission (float32 TIFF" in write_report(out, tmp_path / "results", isbi_dir).read_text()
 
 

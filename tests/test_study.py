@@ -15,29 +15,10 @@ def test_parse_variant():
         parse_variant("data.tile=572")
 
 
-def test_variants_train_score_and_merge_their_rows(isbi_dir, tmp_path):
-    isbi = load_isbi2012(isbi_dir)
-    csv_path = tmp_path / "study.csv"
-    common = ["optim.iterations=2", "run.validate_every=2", "run.checkpoint_every=2"]
-    run_variants("smoke", [Variant("a"), Variant("b", ["optim.lr=2e-3", "optim.warmup=1"])], isbi, tmp_path / "runs",
-                 csv_path, fold=0, common=common, progress=False)
-    rows = read_rows(csv_path)
-    assert [r["name"] for r in rows] == ["a", "b"]
-    assert rows[1]["lr"] == "0.002" and rows[1]["warmup"] == "1" and rows[0]["warmup"] == "0"
-    assert all(r["status"] == "ok" and 0 <= float(r["pixel_error"]) <= 1 for r in rows)
-    assert all(r["fold"] == "0" and r["seed"] == "0" and r["commit"] for r in rows)
-    # run "a" again with another seed: its row is replaced, "b" stays
-    run_variants("smoke", [Variant("a")], isbi, tmp_path / "runs2", csv_path, fold=0,
-                 common=[*common, "run.seed=1"], progress=False)
-    rows = read_rows(csv_path)
-    assert sorted(r["name"] for r in rows) == ["a", "b"] and next(r for r in rows if r["name"] == "a")["seed"] == "1"
-    table = markdown_table(rows)
-    assert table.count("\n") == 3 and "| b | `optim.lr=2e-3 optim.warmup=1` |" in table
-
-
-def test_a_resumed_study_keeps_the_provenance_of_its_finished_rows(isbi_dir, tmp_path, monkeypatch):
-    """A finished variant's row keeps the commit, machine and date of the run that made it when the study is
-    resumed elsewhere (from its stage record; for a fold from before stage records, from the CSV's row)."""
+def test_variants_train_score_merge_and_keep_their_provenance(isbi_dir, tmp_path, monkeypatch):
+    """Variants train and are scored into one CSV, each row with its settings. A finished variant's row keeps the
+    commit, machine and date of the run that made it when the study is resumed elsewhere (from its stage record;
+    for a fold from before stage records, from the CSV's row); a variant run again elsewhere replaces its row."""
     from conftest import CPU_A, CPU_B, TINY, on_cpu
     isbi = load_isbi2012(isbi_dir)
     csv_path = tmp_path / "study.csv"
@@ -46,13 +27,24 @@ def test_a_resumed_study_keeps_the_provenance_of_its_finished_rows(isbi_dir, tmp
     first = read_rows(csv_path)[0]
     assert "Test CPU A (AVX512-BF16 CPU)" in first["hardware"] and first["hardware"].endswith("; fp32")
     on_cpu(monkeypatch, CPU_B)
-    run_variants("smoke", [Variant("a"), Variant("b", ["optim.lr=2e-3"])], isbi, tmp_path / "runs", csv_path, fold=0,
-                 common=TINY, progress=False)
-    rows = {r["name"]: r for r in read_rows(csv_path)}
-    assert rows["a"] == first and "Test CPU A (AVX2 CPU)" in rows["b"]["hardware"]
+    run_variants("smoke", [Variant("a"), Variant("b", ["optim.lr=2e-3", "optim.warmup=1"])], isbi, tmp_path / "runs",
+                 csv_path, fold=0, common=TINY, progress=False)
+    rows = read_rows(csv_path)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert rows[0] == first and "Test CPU A (AVX2 CPU)" in rows[1]["hardware"]
+    assert rows[1]["lr"] == "0.002" and rows[1]["warmup"] == "1" and rows[0]["warmup"] == "0"
+    assert all(r["status"] == "ok" and 0 <= float(r["pixel_error"]) <= 1 for r in rows)
+    assert all(r["fold"] == "0" and r["seed"] == "0" and r["commit"] for r in rows)
     (tmp_path / "runs" / "a" / "fold0" / "stage.json").unlink()  # a fold finished before stage records
     run_variants("smoke", [Variant("a")], isbi, tmp_path / "runs", csv_path, fold=0, common=TINY, progress=False)
     assert {r["name"]: r for r in read_rows(csv_path)}["a"] == first
+    # run "a" again with another seed: its row is replaced, "b" stays
+    run_variants("smoke", [Variant("a")], isbi, tmp_path / "runs2", csv_path, fold=0, common=[*TINY, "run.seed=1"],
+                 progress=False)
+    rows = read_rows(csv_path)
+    assert sorted(r["name"] for r in rows) == ["a", "b"] and next(r for r in rows if r["name"] == "a")["seed"] == "1"
+    table = markdown_table(rows)
+    assert table.count("\n") == 3 and "| b | `optim.lr=2e-3 optim.warmup=1` |" in table
 
 
 def test_a_study_run_as_one_job_per_variant_is_gathered(isbi_dir, tmp_path, capsys):
