@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_text", "write_json", "read_json", "fsync_folder"]
+__all__ = ["replacing", "write_text", "write_json", "read_json", "fsync_folder"]
 
 
 def fsync_folder(folder: Path) -> None:
@@ -30,21 +31,29 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file, fsync, rename, folder fsync)."""
+@contextmanager
+def replacing(path: str | Path):
+    """The one atomic replacement: yields a temporary name beside ``path`` to write, renames it over ``path`` when
+    the block ends without an error and syncs the folder; on an error the temporary file is removed and ``path``
+    is left as it was. What the block writes it flushes to disk itself where it must survive a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file, fsync, rename, folder fsync)."""
+    with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json(path: str | Path, value) -> None:

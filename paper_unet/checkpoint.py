@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from paper_unet.atomic import fsync_folder
+from paper_unet.atomic import replacing
 from paper_unet.config import Config, config_from_dict
 from paper_unet.model import PaddedUNet, UNet
 
@@ -50,27 +50,22 @@ def save_checkpoint(path: str | Path, state: dict, keep_previous: bool = False) 
     fallback should the new one ever not load; ``path`` itself exists at every moment. A write that
     fails (a full disk) removes its temporary file and leaves the previous checkpoint as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous and path.is_file():
-            kept = previous_path(path)
-            link = kept.with_name(f".{kept.name}.tmp{os.getpid()}")
-            link.unlink(missing_ok=True)
-            os.link(path, link)  # a second name for the current file: no copy, and path stays in place
-            os.replace(link, kept)
-        os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            why = " (the disk is full)" if error.errno == errno.ENOSPC else ""
-            raise OSError(error.errno, f"could not write checkpoint {path}{why}: {error.strerror or error}; "
-                                       f"the previous checkpoint is unchanged") from error
-        raise
-    fsync_folder(path.parent)
+        with replacing(path) as tmp:
+            with open(tmp, "wb") as handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if keep_previous and path.is_file():
+                kept = previous_path(path)
+                link = kept.with_name(f".{kept.name}.tmp{os.getpid()}")
+                link.unlink(missing_ok=True)
+                os.link(path, link)  # a second name for the current file: no copy, and path stays in place
+                os.replace(link, kept)
+    except OSError as error:
+        why = " (the disk is full)" if error.errno == errno.ENOSPC else ""
+        raise OSError(error.errno, f"could not write checkpoint {path}{why}: {error.strerror or error}; "
+                                   f"the previous checkpoint is unchanged") from error
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from paper_unet.atomic import replacing
+
 __all__ = ["ImageInfo", "read_images", "read_labels", "normalize", "normalizer", "Normalizer", "resolve_normalization",
            "dynamic_range",
            "check_instance_mask", "instance_to_binary", "write_tiff", "tiff_on_disk", "NORMALIZATIONS", "IMAGE_SUFFIXES",
@@ -339,17 +341,11 @@ def _tiff_kwargs(dtype, info: ImageInfo | None) -> dict:
 def tiff_on_disk(path: str | Path, shape: tuple[int, ...], dtype, info: ImageInfo | None = None):
     """A TIFF written through a memory map (`tifffile.memmap`): yields the (Z, H, W) array to fill, which lives
     on disk, not in memory; renamed into place when the block ends without an error (as `write_tiff`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:
         array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **_tiff_kwargs(dtype, info))
         yield array
         array.flush()
         del array
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_tiff(path: str | Path, stack: np.ndarray, info: ImageInfo | None = None) -> Path:
@@ -357,12 +353,7 @@ def write_tiff(path: str | Path, stack: np.ndarray, info: ImageInfo | None = Non
     size of ``info``; other types (uint32 cell labels) as a plain TIFF. Written to a temporary file
     and renamed, so a failure leaves nothing half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stack = np.asarray(stack)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:
         tifffile.imwrite(tmp, stack, **_tiff_kwargs(stack.dtype, info))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
