@@ -17,6 +17,31 @@ PERFORMANCE_MD = REPO / "results" / "performance.md"
 ISBI_DIR = Path(os.environ.get("PAPER_UNET_SHARED", REPO.parent / "shared")) / "data" / "isbi2012"
 
 
+SHIPPED_MODEL = REPO / "results" / "isbi2012_cpu" / "model" / "unet_isbi2012_cpu.pt"  # the `cpu` profile's
+
+
+def tiled_em_image(side: int):
+    """A uint8 EM image of side x side: the first four ISBI test slices (2 x 2) tiled, contiguous, nothing more
+    held than the image itself (what the large-image benchmarks predict)."""
+    import numpy as np
+    import tifffile
+
+    slices = tifffile.imread(ISBI_DIR / "test-volume.tif")[:4]
+    plane = np.concatenate([np.concatenate(list(slices[:2]), 1), np.concatenate(list(slices[2:]), 1)], 0)
+    reps = -(-side // plane.shape[0])
+    return np.ascontiguousarray(np.tile(plane, (reps, reps))[:side, :side])
+
+
+def in_fresh_process(script: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``script --child args`` in a fresh Python process; its last line of output, parsed as JSON."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True, check=True,
+                          env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def machine() -> str:
     p = provenance()
     gpu = f", GPU {p['gpu']}" if p["gpu"] else ", no GPU"

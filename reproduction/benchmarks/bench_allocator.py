@@ -21,44 +21,30 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-from _common import ISBI_DIR, REPO, publish, record
-
-MODEL = REPO / "results" / "isbi2012_cpu" / "model" / "unet_isbi2012_cpu.pt"
+from _common import ISBI_DIR, SHIPPED_MODEL, in_fresh_process, publish, record, tiled_em_image
 CASES = ("predict_cpu", "predict_paper", "train_cpu", "train_paper")
-
-
-def _image(side: int):
-    import numpy as np
-    import tifffile
-
-    slices = tifffile.imread(ISBI_DIR / "test-volume.tif")[:4]
-    plane = np.concatenate([np.concatenate(list(slices[:2]), 1), np.concatenate(list(slices[2:]), 1)], 0)
-    reps = -(-side // plane.shape[0])
-    return np.ascontiguousarray(np.tile(plane, (reps, reps))[:side, :side])
 
 
 def _run_case(case: str, side: int, paper_side: int, steps: int) -> float:
     """Seconds of the measured work of ``case`` (the network built and the data read beforehand)."""
     import torch
 
-    from paper_unet.checkpoint import model_from_checkpoint
+    from paper_unet.checkpoint import build_model, model_from_checkpoint
     from paper_unet.config import load_config
     from paper_unet.images import normalizer
-    from paper_unet.model import UNet
     from paper_unet.streaming import predict_streamed
 
     if case.startswith("predict"):
         if case == "predict_cpu":
-            model, config = model_from_checkpoint(MODEL)
-            raw = _image(side)
+            model, config = model_from_checkpoint(SHIPPED_MODEL)
+            raw = tiled_em_image(side)
         else:
             torch.manual_seed(0)
-            model, config = UNet(base_channels=load_config("paper").model.base_channels), load_config("paper")
-            raw = _image(paper_side)
+            config = load_config("paper")
+            model, raw = build_model(config), tiled_em_image(paper_side)
         start = time.perf_counter()
         predict_streamed(model, raw, normalizer(raw, config.data.normalize), tile_size=572, progress=False)
         return time.perf_counter() - start
@@ -95,9 +81,7 @@ def measure(case: str, setting: str, args) -> dict:
     env = dict(os.environ)
     env.pop("MALLOC_MMAP_THRESHOLD_", None), env.pop("MALLOC_TRIM_THRESHOLD_", None)
     env["PAPER_UNET_MALLOC"] = "system" if setting == "system" else ""
-    done = subprocess.run([sys.executable, __file__, "--child", case, setting, str(args.side), str(args.paper_side),
-                           str(args.steps)], capture_output=True, text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_fresh_process(__file__, case, setting, str(args.side), str(args.paper_side), str(args.steps), env=env)
 
 
 WHAT = {"predict_cpu": "predict, `cpu` network, {side} px image", "predict_paper": "predict, `paper` network, "

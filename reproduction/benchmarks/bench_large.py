@@ -25,43 +25,35 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ISBI_DIR, REPO, publish, record
-
-MODEL = REPO / "results" / "isbi2012_cpu" / "model" / "unet_isbi2012_cpu.pt"
+from _common import SHIPPED_MODEL, in_fresh_process, publish, record, tiled_em_image
 
 
 def child(path: str, side: int, tta: bool, out_dir: str, network: str = "cpu") -> dict:
     """One measurement, in this (fresh) process."""
     import numpy as np
-    import tifffile
     import torch
 
     from paper_unet.allocator import keep_freed_memory
-    from paper_unet.checkpoint import model_from_checkpoint
+    from paper_unet.checkpoint import build_model, model_from_checkpoint
     from paper_unet.config import load_config
-    from paper_unet.model import UNet
     from paper_unet.images import normalize, normalizer, tiff_on_disk
     from paper_unet.streaming import predict_streamed
     from paper_unet.tiling import predict_stack
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     keep_freed_memory()
-    slices = tifffile.imread(ISBI_DIR / "test-volume.tif")[:4]
-    reps = -(-side // 512)
-    raw = np.tile(np.concatenate([np.concatenate(list(slices[:2]), 1), np.concatenate(list(slices[2:]), 1)], 0),
-                  (reps, reps))[:side, :side]
+    raw = tiled_em_image(side)
     if network == "cpu":
-        model, config = model_from_checkpoint(MODEL)
+        model, config = model_from_checkpoint(SHIPPED_MODEL)
     else:
         torch.manual_seed(0)
         config = load_config("paper")
-        model = UNet(base_channels=config.model.base_channels)
+        model = build_model(config)
     start = time.perf_counter()
     if path == "whole":
         probabilities = predict_stack(model, normalize(raw[None], config.data.normalize), tile_size=572, tta=tta,
@@ -80,9 +72,7 @@ def child(path: str, side: int, tta: bool, out_dir: str, network: str = "cpu") -
 
 def measure(path: str, side: int, tta: bool, network: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as work:
-        done = subprocess.run([sys.executable, __file__, "--child", path, str(side), str(int(tta)), work, network],
-                              capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return in_fresh_process(__file__, path, str(side), str(int(tta)), work, network)
 
 
 def main() -> int:
