@@ -61,15 +61,18 @@ def write_json(path: str | Path, value) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def read_json(path: str | Path, what: str = "record"):
+def read_json(path: str | Path, what: str = "record", *, torn: str | None = None):
     """The JSON in ``path``; None when it does not exist, or when it does not parse (a torn file: said on
-    stderr, and then treated as absent, so that its stage is done again)."""
+    stderr, and then treated as absent, so that its stage is done again). With ``torn`` (what to do about it), a
+    torn file is an error instead: ``ValueError("<path> is torn (not valid JSON): <torn>")``."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        if torn is not None:
+            raise ValueError(f"{path} is torn (not valid JSON): {torn}") from error
         print(f"warning: {what} {path} is torn or not JSON ({error}); not trusted: the stage that wrote it runs "
               f"again", file=sys.stderr)
         return None

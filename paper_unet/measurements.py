@@ -40,15 +40,19 @@ def _number(v: float) -> str:
     return f"{v:g}"
 
 
+def _format(v, unit: str) -> str:
+    """A value (a number, or [low, high] as a range with a dash) with its unit as prose quotes it."""
+    text = "-".join(map(_number, v)) if isinstance(v, list) else _number(v)
+    return f"{text}x" if unit == "x" else f"{text} {unit}"
+
+
 def say(key: str) -> str:
     """``key``'s figure with its unit, as prose quotes it (a ratio with an "x", a rate or a time with its unit, a
     range with a dash), or a pointer to the file when it cannot be read."""
     found = entry(key)
     if found is None:
         return f"(measured: results/measurements.json, {key})"
-    v, unit = found["value"], found["unit"]
-    text = "-".join(map(_number, v)) if isinstance(v, list) else _number(v)
-    return f"{text}x" if unit == "x" else f"{text} {unit}"
+    return _format(found["value"], found["unit"])
 
 
 def say_range(low: str, high: str) -> str:
@@ -56,5 +60,4 @@ def say_range(low: str, high: str) -> str:
     a, b = entry(low), entry(high)
     if a is None or b is None:
         return f"(measured: results/measurements.json, {low}, {high})"
-    unit = "x" if a["unit"] == "x" else f" {a['unit']}"
-    return f"{_number(a['value'])}-{_number(b['value'])}{unit}"
+    return _format([a["value"], b["value"]], a["unit"])

@@ -281,11 +281,8 @@ def _read_summary(run: Path) -> dict:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found: run the reproduction first "
                                 f"(bash reproduction/run_isbi.sh --out {run})")
-    summary = read_json(summary_path, "run summary")
-    if summary is None:
-        raise ValueError(f"{summary_path} is torn (not valid JSON): run the reproduction again with the same "
-                         f"options; it rebuilds the summary from the stage records without training again")
-    return summary
+    return read_json(summary_path, "run summary", torn="run the reproduction again with the same options; it "
+                     "rebuilds the summary from the stage records without training again")
 
 
 def _provenance_table(summary: dict) -> str:

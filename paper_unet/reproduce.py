@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from paper_unet.atomic import read_json, write_json
+from paper_unet.atomic import read_json, replacing, write_json
 from paper_unet.config import Config
 from paper_unet.context import RunContext
 from paper_unet.data import ISBI2012, cv_folds
@@ -216,8 +216,9 @@ def _fold_stage(run: _Run, k: int, train_idx, val_idx, trained: str | Path | Non
     run.stop.check(f"the stages before fold {k} are done and saved in {run.out}; {AGAIN}")
     record = run.begin(folder, f"fold{k}", training=trained is None)
     checkpoint = (Path(trained) / f"fold{k}" / "last.pt") if trained else folder / "last.pt"
-    if trained:
-        state = load_checkpoint(checkpoint)
+    state = None
+    if trained:  # a finished network adopted: loaded once, for its counts and its prediction
+        state = load_checkpoint(checkpoint, run.ctx.device)
         iterations, train_seconds = state["iteration"], state["seconds"]
         folder.mkdir(parents=True, exist_ok=True)
     else:
@@ -228,7 +229,7 @@ def _fold_stage(run: _Run, k: int, train_idx, val_idx, trained: str | Path | Non
     if not run.ctx.main:
         return None, None
     t0 = time.perf_counter()
-    state = load_checkpoint(checkpoint, run.ctx.device)
+    state = load_checkpoint(checkpoint, run.ctx.device) if state is None else state
     model, _ = model_from_state(state, checkpoint, run.ctx.device)
     probabilities = predict_stack(model, run.train_images[val_idx], tta=run.config.run.tta, device=run.ctx.device,
                                   progress=run.progress)
@@ -276,10 +277,8 @@ def _submission_stage(run: _Run) -> dict:
     model, _ = model_from_checkpoint(run.out / "final" / "last.pt", run.ctx.device)
     probabilities = predict_stack(model, run.test_images, tta=run.config.run.tta, device=run.ctx.device,
                                   progress=run.progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{SUBMISSION}.partial"
-    tifffile.imwrite(partial, probabilities, photometric="minisblack")
-    partial.replace(folder / SUBMISSION)
+    with replacing(folder / SUBMISSION) as partial:
+        tifffile.imwrite(partial, probabilities, photometric="minisblack")
     return finish_stage(folder, record, {"predict_s": round(time.perf_counter() - t0, 1),
                                          "slices": len(run.test_images), "tta": run.config.run.tta})
 

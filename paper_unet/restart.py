@@ -38,10 +38,8 @@ def read_attempts(out: str | Path) -> list[dict]:
     """The attempts recorded in ``out`` (empty when the run never restarted). A record that does not parse stops
     the run: counting from zero would allow more restarts than ``optim.restarts``."""
     path = Path(out) / ATTEMPTS
-    attempts = read_json(path, "attempts record")
-    if attempts is None and path.is_file():
-        raise ValueError(f"{path} is torn (not valid JSON): the run cannot tell how often it restarted. Restore it, "
-                         f"or delete {path.parent} to start the run afresh")
+    attempts = read_json(path, "attempts record", torn=f"the run cannot tell how often it restarted. Restore it, or "
+                                                      f"delete {path.parent} to start the run afresh")
     return attempts or []
 
 

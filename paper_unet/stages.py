@@ -28,8 +28,7 @@ from pathlib import Path
 from paper_unet.atomic import read_json, write_json
 from paper_unet.provenance import machine, provenance
 
-__all__ = ["RECORD", "config_sha256", "read_stage", "begin_stage", "finish_stage", "legacy", "complete", "machines",
-           "last_session"]
+__all__ = ["RECORD", "config_sha256", "read_stage", "begin_stage", "finish_stage", "legacy", "complete", "machines"]
 
 RECORD = "stage.json"
 
@@ -64,7 +63,7 @@ def begin_stage(folder: str | Path, name: str, config: dict, *, command: str | N
     record["sessions"].append({**provenance(command), "device": device, "precision": precision,
                                "precision_detail": precision_detail, "start_utc": _now(), "start_epoch": now,
                                "end_utc": None, "wall_s": None, "_t0": now})
-    write_json(folder / RECORD, _public(record))
+    _written(folder, record)
     return record
 
 
@@ -73,8 +72,14 @@ def finish_stage(folder: str | Path, record: dict, did: dict) -> dict:
     session = record["sessions"][-1]
     session.update(end_utc=_now(), wall_s=round(time.time() - session.pop("_t0", time.time()), 1))
     record.update(status="done", did={**record.get("did", {}), **did})
-    write_json(Path(folder) / RECORD, _public(record))
-    return _public(record)
+    return _written(folder, record)
+
+
+def _written(folder: str | Path, record: dict) -> dict:
+    """The record as written to ``folder``'s stage.json (its public part), and returned."""
+    public = _public(record)
+    write_json(Path(folder) / RECORD, public)
+    return public
 
 
 def _public(record: dict) -> dict:
@@ -99,13 +104,7 @@ def complete(folder: str | Path, record: dict, did: dict) -> dict:
     the two writes): ``did`` from its outputs; its last session keeps no end time (it was not seen to end)."""
     record = {**record, "status": "done", "did": {**record.get("did", {}), **did},
               "completed": "from its outputs, after its process ended before finishing the record"}
-    write_json(Path(folder) / RECORD, _public(record))
-    return _public(record)
-
-
-def last_session(record: dict) -> dict | None:
-    """The session that finished the stage (None for a `legacy` record)."""
-    return record["sessions"][-1] if record.get("sessions") else None
+    return _written(folder, record)
 
 
 def machines(records: dict[str, dict]) -> dict[str, list[str]]:

@@ -271,7 +271,8 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
         if "train_seconds" in scores:  # the network's own training time: summed over resumptions, kept
             timings = {**timings, f"fold{fold}_train": scores["train_seconds"]}  # when re-read or adopted
         row = _row(variant, config, fold, status, scores, timings)
-        earlier = next((r for r in read_rows(csv_path) if r["name"] == variant.name), None)
+        existing = read_rows(csv_path)
+        earlier = next((r for r in existing if r["name"] == variant.name), None)
         same = earlier is not None and _same_setting(earlier, row)
         row.update(_stamp(read_stage(run_dir / f"fold{fold}"), earlier if same else None))
         if status != "ok":
@@ -291,7 +292,7 @@ def run_variants(profile: str, variants: list[Variant], isbi: ISBI2012, out: Pat
             _save_crop(slices / f"{variant.name}.png", tifffile.imread(probabilities, key=0)[window])
             _save_crop(slices / "_image.png", isbi.train_images[val][window] / 255.0)
             _save_crop(slices / "_labels.png", isbi.train_labels[val][window] > 0)
-        merged = [r for r in read_rows(csv_path) if r["name"] != variant.name] + [row]
+        merged = [r for r in existing if r["name"] != variant.name] + [row]
         write_csv(csv_path, merged, STUDY_FIELDS)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("name", "status", "train_min", *METRICS)}), file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 
 from paper_unet.config import config_from_dict, load_config
@@ -16,13 +15,6 @@ from paper_unet.step import (Levers, TrainingStep, cudnn_benchmark, make_optimiz
 from paper_unet.train import load_checkpoint, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(isbi_dir):
-    images = tifffile.imread(isbi_dir / "train-volume.tif")[:3, :128, :128]
-    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:3, :128, :128]
-    return images, labels
 
 
 def small_config(iterations=20, dropout=0.5, **run):

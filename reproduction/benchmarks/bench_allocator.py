@@ -68,7 +68,7 @@ def child(case: str, setting: str, side: int, paper_side: int, steps: int) -> di
     from paper_unet.allocator import keep_freed_memory
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    applied = keep_freed_memory() if setting == "kept" else False
+    applied = keep_freed_memory()  # a no-op under PAPER_UNET_MALLOC=system, which `measure` sets for "system"
     before = resource.getrusage(resource.RUSAGE_SELF)
     seconds = _run_case(case, side, paper_side, steps)
     after = resource.getrusage(resource.RUSAGE_SELF)
